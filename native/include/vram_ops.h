@@ -1,0 +1,320 @@
+/*
+ * vram_ops.h - safe, observable GPU memory operations.
+ *
+ * The only public header of libvram_ops and its contract for C, C++, Rust and ctypes.
+ *
+ * The five operations of the vram_ops specification keep the spec's exact signatures and
+ * codes (0 success, 1 allocation failed, 2 invalid parameters). Every other code is listed,
+ * once, in VRAM_STATUS_MAP. Every call is validated before any driver call, checked for
+ * overflow, timed, and counted in aggregates that vram_stats_get() copies out.
+ *
+ * Device pointers are validated against a registry of live allocations: a pointer that
+ * vram_malloc did not return (or that was freed) is refused, and a copy must lie inside
+ * one live allocation. Copies hold their allocation while they run, so a concurrent
+ * vram_free waits for them: a copy never touches freed memory.
+ *
+ * Idempotent free and address reuse: vram_free(p) on a pointer that was already freed
+ * returns VRAM_SUCCESS and calls no driver function, for as long as p is remembered as freed
+ * (the most recent VRAM_FREED_MEMORY frees). But the driver may hand the same address to a
+ * later allocation; from then on p names the new allocation and vram_free(p) frees it. The
+ * C API cannot tell a stale p from the current one. Callers that may free twice should use
+ * vram_malloc_ex()'s generation and vram_free_ex(), which frees only that generation (the
+ * Python buffer does).
+ *
+ * Backends: "cuda" (default) loads the NVIDIA driver library at run time; no CUDA toolkit is
+ * needed to build or to run. Without a driver or device every operation answers
+ * VRAM_ERR_NO_DEVICE. "host" emulates device memory in host RAM to run the same validation,
+ * registry and timing code where there is no GPU; it is never chosen silently, only through
+ * VRAMOBS_BACKEND=host or vram_select_backend("host"), and it names itself in
+ * vram_backend_name().
+ *
+ * Environment: VRAMOBS_BACKEND (cuda|host), VRAMOBS_CUDA_DRIVER (path of libcuda),
+ * VRAMOBS_HOST_DEVICES (emulated device count, default 1), VRAMOBS_HOST_CAPACITY (bytes per
+ * emulated device, default 8 GiB).
+ *
+ * All functions are thread-safe. None aborts, throws or returns without a code.
+ */
+#ifndef VRAM_OPS_H
+#define VRAM_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  if defined(VRAM_BUILDING_LIBRARY)
+#    define VRAM_API __declspec(dllexport)
+#  else
+#    define VRAM_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__)
+#  define VRAM_API __attribute__((visibility("default")))
+#else
+#  define VRAM_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * Version. The ABI is stable within a major version; compare vram_version_number() with
+ * VRAM_VERSION_NUMBER to detect a header/library mismatch.
+ * ---------------------------------------------------------------------------------------- */
+#define VRAM_VERSION_MAJOR 0
+#define VRAM_VERSION_MINOR 1
+#define VRAM_VERSION_PATCH 0
+#define VRAM_VERSION_NUMBER \
+    (VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH)
+#define VRAM_VERSION_STRING "0.1.0"
+
+VRAM_API unsigned vram_version_number(void);
+VRAM_API const char *vram_version_string(void);
+
+/* ------------------------------------------------------------------------------------------
+ * Status codes: the one table. Values are stable; 0-2 are the specification's.
+ * ---------------------------------------------------------------------------------------- */
+#define VRAM_STATUS_MAP(XX)                                                                   \
+    XX(0, SUCCESS, "success")                                                                 \
+    XX(1, ERR_ALLOCATION_FAILED, "allocation failed: device memory exhausted or refused")     \
+    XX(2, ERR_INVALID_PARAMETERS, "invalid parameters: null pointer, zero size or overflow")  \
+    XX(3, ERR_COPY_FAILED, "copy failed in the driver")                                       \
+    XX(4, ERR_NO_DEVICE, "no usable CUDA driver or device")                                   \
+    XX(5, ERR_UNKNOWN_POINTER, "pointer is not a live allocation made by vram_malloc")        \
+    XX(6, ERR_OUT_OF_BOUNDS, "range runs past the end of its allocation")                     \
+    XX(7, ERR_INTERIOR_POINTER, "pointer lies inside an allocation, not at its start")        \
+    XX(8, ERR_DEVICE_FAILED, "device failed with a sticky error; the process must restart")   \
+    XX(9, ERR_DRIVER, "driver call failed")                                                   \
+    XX(10, ERR_BUSY, "cannot change this while allocations are live")
+
+typedef enum vram_status {
+#define VRAM_STATUS_ENUM_(code, name, message) VRAM_##name = code,
+    VRAM_STATUS_MAP(VRAM_STATUS_ENUM_)
+#undef VRAM_STATUS_ENUM_
+    VRAM_STATUS_COUNT_ /* sentinel: not a status */
+} vram_status;
+
+/* Static strings for any int; an unknown code gives "VRAM_UNKNOWN_STATUS". Never NULL. */
+VRAM_API const char *vram_status_name(int status);
+VRAM_API const char *vram_strerror(int status);
+
+/* Why a call was refused before reaching the driver: the security signal. Counted per
+ * operation in vram_op_stats.refused_by_reason and reported by vram_last_error(). */
+#define VRAM_REASON_MAP(XX)                           \
+    XX(0, NONE, "none")                               \
+    XX(1, NULL_POINTER, "null_pointer")               \
+    XX(2, ZERO_SIZE, "zero_size")                     \
+    XX(3, SIZE_OVERFLOW, "size_overflow")             \
+    XX(4, RANGE_WRAP, "range_wrap")                   \
+    XX(5, UNKNOWN_POINTER, "unknown_pointer")         \
+    XX(6, FREED_POINTER, "freed_pointer")             \
+    XX(7, INTERIOR_POINTER, "interior_pointer")       \
+    XX(8, OUT_OF_BOUNDS, "out_of_bounds")             \
+    XX(9, INVALID_DEVICE, "invalid_device")           \
+    XX(10, INVALID_TAG, "invalid_tag")                \
+    XX(11, INVALID_GENERATION, "invalid_generation")  \
+    XX(12, INVALID_BACKEND, "invalid_backend")
+
+typedef enum vram_reason {
+#define VRAM_REASON_ENUM_(code, name, label) VRAM_REASON_##name = code,
+    VRAM_REASON_MAP(VRAM_REASON_ENUM_)
+#undef VRAM_REASON_ENUM_
+    VRAM_REASON_COUNT_ /* sentinel */
+} vram_reason;
+
+VRAM_API const char *vram_reason_name(int reason); /* "out_of_bounds"; "unknown" if unknown */
+
+/* ------------------------------------------------------------------------------------------
+ * The five operations of the specification.
+ * ---------------------------------------------------------------------------------------- */
+
+/* Allocate bytes of device memory on this thread's device (vram_set_device, default 0).
+ * ptr NULL, bytes 0, or bytes whose rounding to VRAM_ALIGNMENT overflows -> 2. Driver
+ * failure -> 1. On any failure *ptr is NULL (when ptr is not NULL). */
+VRAM_API int vram_malloc(void **ptr, size_t bytes);
+
+/* Free an allocation made by vram_malloc. NULL -> success, no-op. A freed pointer -> success,
+ * no driver call (see "Idempotent free" above). A pointer never returned -> 5; an interior
+ * pointer -> 7; neither reaches the driver. Waits for copies in flight on that allocation. */
+VRAM_API int vram_free(void *ptr);
+
+/* Copy bytes from host memory to device memory. dst may point inside an allocation, but
+ * [dst, dst + bytes) must lie inside one live allocation, else 5 or 6 and no byte is written.
+ * NULL pointers, bytes 0, or ranges that wrap the address space -> 2. */
+VRAM_API int vram_memcpy_h2d(void *dst, const void *src, size_t bytes);
+
+/* Copy bytes from device memory to host memory; the same rules, for the device range src. */
+VRAM_API int vram_memcpy_d2h(void *dst, const void *src, size_t bytes);
+
+/* Free and total device memory of this thread's device, exactly as the driver reports them.
+ * NULL pointers -> 2. On failure both outputs that are not NULL are set to 0. */
+VRAM_API int vram_get_info(size_t *free_bytes, size_t *total_bytes);
+
+/* ------------------------------------------------------------------------------------------
+ * Extensions beyond the specification.
+ * ---------------------------------------------------------------------------------------- */
+
+#define VRAM_ALIGNMENT 256u     /* sizes are accounted rounded up to this */
+#define VRAM_MAX_DEVICES 32
+#define VRAM_MAX_TAGS 64        /* owner tags 0..63; 0 means untagged */
+#define VRAM_FREED_MEMORY 65536 /* freed pointers remembered for idempotent free */
+
+/* vram_malloc with an owner tag (counted per tag) and the allocation's generation, a number
+ * unique to this allocation for the life of the process. generation may be NULL. */
+VRAM_API int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation);
+
+/* Free ptr only if its live allocation is the one of this generation; if that generation is
+ * no longer live (freed by anyone, its address possibly reused) -> success, nothing freed.
+ * A generation never handed out -> 2. */
+VRAM_API int vram_free_ex(void *ptr, uint64_t generation);
+
+/* Devices. The device chosen applies to this thread's later vram_malloc and vram_get_info;
+ * copies and frees always run on the device of their allocation. */
+VRAM_API int vram_device_count(int *count);
+VRAM_API int vram_set_device(int device);
+VRAM_API int vram_get_device(int *device);
+
+typedef enum vram_device_state {
+    VRAM_DEVICE_USABLE = 0,
+    VRAM_DEVICE_FAILED = 1,      /* latched after a sticky driver error: restart the process */
+    VRAM_DEVICE_UNAVAILABLE = 2  /* no driver, or no such device */
+} vram_device_state;
+
+/* A sticky driver error (illegal address, launch failure, uncorrectable ECC, ...) latches
+ * its device as failed: every later call on it returns VRAM_ERR_DEVICE_FAILED at once,
+ * without calling the driver. Out-of-memory is not sticky. */
+VRAM_API int vram_device_state_get(int device, int *state);
+
+typedef struct vram_device_props {
+    char name[128];       /* "NVIDIA H100 80GB HBM3" */
+    char uuid[64];        /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi/DCGM */
+    char pci_bus_id[32];  /* "00000000:01:00.0" */
+    uint64_t total_bytes;
+    int32_t compute_capability_major;
+    int32_t compute_capability_minor;
+    int32_t driver_version; /* 13000 for CUDA 13.0; 0 on the host backend */
+    int32_t ordinal;
+} vram_device_props;
+
+VRAM_API int vram_device_props_get(int device, vram_device_props *props);
+
+/* Backends. vram_select_backend("host" | "cuda") -> 10 while allocations are live, 2 for an
+ * unknown name. vram_backend_name() answers the backend in use (selecting the default from
+ * VRAMOBS_BACKEND on first use). vram_backend_diagnostic() says why a backend is unavailable
+ * ("" when it is available). Both return static strings, never NULL. */
+VRAM_API int vram_select_backend(const char *name);
+VRAM_API const char *vram_backend_name(void);
+VRAM_API const char *vram_backend_diagnostic(void);
+
+/* The last failed call on this thread. */
+typedef struct vram_error_info {
+    int32_t status;       /* vram_status */
+    int32_t reason;       /* vram_reason for refusals, else 0 */
+    int32_t op;           /* vram_op */
+    int32_t driver_error; /* the driver's code (CUresult) when a driver call failed, else 0 */
+} vram_error_info;
+
+VRAM_API void vram_last_error(vram_error_info *out);
+VRAM_API const char *vram_driver_error_name(int driver_error); /* "CUDA_ERROR_OUT_OF_MEMORY" */
+
+/* ------------------------------------------------------------------------------------------
+ * Observability: per-call aggregates kept in C with atomics, copied out on demand.
+ * ---------------------------------------------------------------------------------------- */
+
+#define VRAM_OP_MAP(XX)             \
+    XX(0, MALLOC, "malloc")         \
+    XX(1, FREE, "free")             \
+    XX(2, MEMCPY_H2D, "memcpy_h2d") \
+    XX(3, MEMCPY_D2H, "memcpy_d2h") \
+    XX(4, GET_INFO, "get_info")
+
+typedef enum vram_op {
+#define VRAM_OP_ENUM_(code, name, label) VRAM_OP_##name = code,
+    VRAM_OP_MAP(VRAM_OP_ENUM_)
+#undef VRAM_OP_ENUM_
+    VRAM_OP_COUNT_ /* sentinel */
+} vram_op;
+
+VRAM_API const char *vram_op_name(int op); /* "memcpy_h2d"; "unknown" if unknown */
+
+#define VRAM_OP_CAPACITY 16        /* room for later operations without an ABI change */
+#define VRAM_STATUS_CAPACITY 16
+#define VRAM_REASON_CAPACITY 16
+#define VRAM_LATENCY_BUCKETS 28    /* call time <= 2^(7+i) ns, i < 27; the last is +Inf */
+#define VRAM_SIZE_BUCKETS 20       /* bytes <= 2^(8+2i), i < 19; the last is +Inf */
+#define VRAM_BANDWIDTH_BUCKETS 24  /* bytes/s <= 2^(20+i), i < 23; the last is +Inf */
+
+typedef enum vram_histogram {
+    VRAM_HISTOGRAM_LATENCY_NS = 0,
+    VRAM_HISTOGRAM_SIZE_BYTES = 1,
+    VRAM_HISTOGRAM_BANDWIDTH_BYTES_PER_SECOND = 2
+} vram_histogram;
+
+/* Upper bound of bucket i of a histogram; UINT64_MAX for the +Inf bucket and out of range. */
+VRAM_API uint64_t vram_histogram_bound(int histogram, int bucket);
+
+/* Counts per bucket are not cumulative. Byte counts are of successful calls. */
+typedef struct vram_op_stats {
+    uint64_t calls;
+    uint64_t by_status[VRAM_STATUS_CAPACITY];
+    uint64_t refused_by_reason[VRAM_REASON_CAPACITY];
+    uint64_t latency_ok[VRAM_LATENCY_BUCKETS];
+    uint64_t latency_error[VRAM_LATENCY_BUCKETS];
+    uint64_t latency_ok_sum_ns;
+    uint64_t latency_error_sum_ns;
+    uint64_t bytes_ok;
+    uint64_t size_ok[VRAM_SIZE_BUCKETS];
+    uint64_t bandwidth_ok[VRAM_BANDWIDTH_BUCKETS]; /* copies only */
+} vram_op_stats;
+
+typedef struct vram_stats {
+    uint32_t struct_size; /* sizeof(vram_stats) of the library that filled it */
+    uint32_t op_count;    /* VRAM_OP_COUNT_ */
+    vram_op_stats ops[VRAM_OP_CAPACITY];
+} vram_stats;
+
+/* Copy the aggregates of one device (or all devices with device = -1). out_size must be at
+ * least sizeof(vram_stats). Calls refused before a device was known count on the thread's
+ * device. */
+VRAM_API int vram_stats_get(int device, vram_stats *out, size_t out_size);
+
+typedef struct vram_registry_stats {
+    uint32_t struct_size;
+    uint32_t reserved_;
+    uint64_t live_count;
+    uint64_t live_bytes;          /* bytes asked for */
+    uint64_t live_rounded_bytes;  /* bytes accounted, rounded up to VRAM_ALIGNMENT */
+    uint64_t peak_bytes;          /* highest live_bytes seen */
+    uint64_t allocs_total;
+    uint64_t frees_total;
+    uint64_t repeated_frees_total;   /* idempotent frees of already-freed pointers */
+    uint64_t lost_total;             /* dropped because their device failed */
+    uint64_t stale_evicted_total;    /* entries the driver reused: freed outside vram_free */
+    uint64_t oldest_alloc_ns;        /* vram_now_ns() of the oldest live allocation, 0 if none */
+    uint64_t tag_live_count[VRAM_MAX_TAGS];
+    uint64_t tag_live_bytes[VRAM_MAX_TAGS];
+} vram_registry_stats;
+
+VRAM_API int vram_registry_stats_get(int device, vram_registry_stats *out, size_t out_size);
+
+typedef struct vram_alloc_record {
+    uint64_t address;
+    uint64_t bytes;
+    uint64_t generation;
+    uint64_t alloc_ns; /* vram_now_ns() at allocation */
+    int32_t device;
+    uint32_t tag;
+} vram_alloc_record;
+
+/* Copy up to capacity live allocations of a device (-1: all), oldest first, into out
+ * (which may be NULL when capacity is 0); *count receives how many are live in all. */
+VRAM_API int vram_registry_list(int device, vram_alloc_record *out, size_t capacity,
+                                size_t *count);
+
+/* The monotonic clock the library times with, in nanoseconds. */
+VRAM_API uint64_t vram_now_ns(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VRAM_OPS_H */

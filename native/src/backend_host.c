@@ -1,0 +1,148 @@
+/* The host backend: device memory emulated in host RAM, so that validation, the registry and
+ * timing run, unchanged, where there is no GPU. Chosen only explicitly (VRAMOBS_BACKEND=host
+ * or vram_select_backend("host")). Its codes mirror CUDA's where one exists. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+enum {
+    HOST_OK = 0,
+    HOST_OUT_OF_MEMORY = 2,
+    HOST_INVALID_DEVICE = 101
+};
+
+#define HOST_DEFAULT_CAPACITY (UINT64_C(8) << 30)
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static bool g_ready;
+static char g_diagnostic[160];
+static int g_devices = 1;
+static uint64_t g_capacity = HOST_DEFAULT_CAPACITY;
+static uint64_t g_used[VRAM_MAX_DEVICES]; /* atomic */
+
+/* Parse an unsigned decimal environment variable; false (with a diagnostic) if malformed. */
+static bool env_u64(const char *name, uint64_t min, uint64_t max, uint64_t *value) {
+    const char *text = getenv(name);
+    if (!text || !*text) return true;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || *end || text[0] == '-' || v < min || v > max) {
+        snprintf(g_diagnostic, sizeof g_diagnostic, "%s='%.32s' is not a number in [%llu, %llu]",
+                 name, text, (unsigned long long)min, (unsigned long long)max);
+        return false;
+    }
+    *value = v;
+    return true;
+}
+
+static void host_setup(void) {
+    uint64_t devices = 1;
+    g_ready = env_u64("VRAMOBS_HOST_DEVICES", 1, VRAM_MAX_DEVICES, &devices) &&
+              env_u64("VRAMOBS_HOST_CAPACITY", 1, UINT64_MAX >> 1, &g_capacity);
+    g_devices = (int)devices;
+}
+
+static bool host_init(void) {
+    pthread_once(&g_once, host_setup);
+    return g_ready;
+}
+
+static const char *host_diagnostic(void) { return g_diagnostic; }
+
+static int host_device_count(void) { return g_devices; }
+
+static uint64_t rounded(size_t bytes) {
+    return ((uint64_t)bytes + (VRAM_ALIGNMENT - 1)) & ~(uint64_t)(VRAM_ALIGNMENT - 1);
+}
+
+static int host_alloc(int device, size_t bytes, uintptr_t *out) {
+    if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
+    uint64_t need = rounded(bytes);
+    /* Reserve capacity first, so concurrent allocations cannot overshoot it. */
+    uint64_t used = __atomic_load_n(&g_used[device], __ATOMIC_RELAXED);
+    do {
+        if (need > g_capacity - used) return HOST_OUT_OF_MEMORY;
+    } while (!__atomic_compare_exchange_n(&g_used[device], &used, used + need, true,
+                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    void *p = aligned_alloc(VRAM_ALIGNMENT, (size_t)need);
+    if (!p) {
+        __atomic_fetch_sub(&g_used[device], need, __ATOMIC_RELAXED);
+        return HOST_OUT_OF_MEMORY;
+    }
+    *out = (uintptr_t)p;
+    return HOST_OK;
+}
+
+static int host_release(int device, uintptr_t address, size_t bytes) {
+    if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
+    free((void *)address);
+    __atomic_fetch_sub(&g_used[device], rounded(bytes), __ATOMIC_RELAXED);
+    return HOST_OK;
+}
+
+/* memmove: with emulated device memory in host RAM, a caller may pass overlapping ranges. */
+static int host_copy_h2d(int device, uintptr_t dst, const void *src, size_t bytes) {
+    (void)device;
+    memmove((void *)dst, src, bytes);
+    return HOST_OK;
+}
+
+static int host_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes) {
+    (void)device;
+    memmove(dst, (const void *)src, bytes);
+    return HOST_OK;
+}
+
+static int host_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
+    if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
+    uint64_t used = __atomic_load_n(&g_used[device], __ATOMIC_RELAXED);
+    *free_bytes = (size_t)(g_capacity - used);
+    *total_bytes = (size_t)g_capacity;
+    return HOST_OK;
+}
+
+static int host_props(int device, vram_device_props *out) {
+    snprintf(out->name, sizeof out->name, "vramobs host emulation");
+    snprintf(out->uuid, sizeof out->uuid, "HOST-00000000-0000-0000-0000-%012d", device);
+    snprintf(out->pci_bus_id, sizeof out->pci_bus_id, "host:%02d", device);
+    out->total_bytes = g_capacity;
+    return VRAM_SUCCESS;
+}
+
+static vram_fault host_classify(int error) {
+    switch (error) {
+    case HOST_OK: return VRAM_FAULT_NONE;
+    case HOST_OUT_OF_MEMORY: return VRAM_FAULT_OUT_OF_MEMORY;
+    case HOST_INVALID_DEVICE: return VRAM_FAULT_NO_DEVICE;
+    default: return VRAM_FAULT_OTHER;
+    }
+}
+
+static const char *host_error_name(int error) {
+    switch (error) {
+    case HOST_OK: return "HOST_SUCCESS";
+    case HOST_OUT_OF_MEMORY: return "HOST_ERROR_OUT_OF_MEMORY";
+    case HOST_INVALID_DEVICE: return "HOST_ERROR_INVALID_DEVICE";
+    default: return "HOST_ERROR_UNKNOWN";
+    }
+}
+
+const vram_backend vram_backend_host = {
+    .name = "host",
+    .init = host_init,
+    .diagnostic = host_diagnostic,
+    .device_count = host_device_count,
+    .alloc = host_alloc,
+    .release = host_release,
+    .copy_h2d = host_copy_h2d,
+    .copy_d2h = host_copy_d2h,
+    .mem_info = host_mem_info,
+    .props = host_props,
+    .classify = host_classify,
+    .error_name = host_error_name,
+};

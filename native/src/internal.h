@@ -1,0 +1,104 @@
+/* Internal interfaces of libvram_ops: backends, the registry, the aggregates. Not installed. */
+#ifndef VRAM_INTERNAL_H
+#define VRAM_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vram_ops.h"
+
+/* How a driver failure is to be treated. */
+typedef enum vram_fault {
+    VRAM_FAULT_NONE = 0,         /* success */
+    VRAM_FAULT_OUT_OF_MEMORY,    /* not sticky: later calls may succeed */
+    VRAM_FAULT_STICKY,           /* the context is dead: latch the device */
+    VRAM_FAULT_NO_DEVICE,        /* driver or device missing */
+    VRAM_FAULT_OTHER
+} vram_fault;
+
+/* A backend answers with its driver's raw code (0 = success); classify() interprets it.
+ * Backends are stateless towards the registry: validation happens before they are called. */
+typedef struct vram_backend {
+    const char *name;
+    /* Load and initialise once; returns true when usable. Thread-safe, idempotent. */
+    bool (*init)(void);
+    const char *(*diagnostic)(void);
+    int (*device_count)(void);
+    int (*alloc)(int device, size_t bytes, uintptr_t *out);
+    int (*release)(int device, uintptr_t address, size_t bytes);
+    int (*copy_h2d)(int device, uintptr_t dst, const void *src, size_t bytes);
+    int (*copy_d2h)(int device, void *dst, uintptr_t src, size_t bytes);
+    int (*mem_info)(int device, size_t *free_bytes, size_t *total_bytes);
+    int (*props)(int device, vram_device_props *out);
+    vram_fault (*classify)(int driver_error);
+    const char *(*error_name)(int driver_error);
+} vram_backend;
+
+extern const vram_backend vram_backend_cuda;
+extern const vram_backend vram_backend_host;
+
+/* runtime.c: backend selection, the thread's device, device latches. */
+const vram_backend *vram_runtime_backend(void); /* never NULL; selects the default once */
+bool vram_runtime_usable(const vram_backend *backend); /* init succeeded */
+int vram_runtime_thread_device(void);
+bool vram_runtime_device_failed(int device);
+void vram_runtime_latch(int device);
+
+/* registry.c: live allocations, pinned by copies, remembered after free. */
+typedef enum vram_lookup {
+    VRAM_LOOKUP_LIVE = 0,
+    VRAM_LOOKUP_UNKNOWN,
+    VRAM_LOOKUP_FREED,
+    VRAM_LOOKUP_OUT_OF_BOUNDS
+} vram_lookup;
+
+typedef struct vram_entry vram_entry;
+
+/* Reserve a node before the driver allocates, so that recording cannot fail afterwards. */
+vram_entry *vram_registry_node_new(void);
+void vram_registry_node_delete(vram_entry *node);
+/* Record a fresh allocation; takes ownership of node. Returns its generation. */
+uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uintptr_t address,
+                              size_t bytes, int device, uint32_t tag);
+
+/* Find the live allocation holding [address, address + bytes) and pin it against free. */
+vram_lookup vram_registry_pin(uintptr_t address, size_t bytes, vram_entry **entry, int *device);
+void vram_registry_unpin(vram_entry *entry);
+
+/* The free protocol: begin (waits for copies, marks the entry as being freed), then finish
+ * with whether the driver released it. generation 0 means any generation. */
+typedef enum vram_free_begin {
+    VRAM_FREE_PROCEED = 0, /* *entry is being freed by this thread: call finish */
+    VRAM_FREE_ALREADY,     /* already freed: success, nothing to do */
+    VRAM_FREE_UNKNOWN,
+    VRAM_FREE_INTERIOR,
+    VRAM_FREE_BAD_GENERATION
+} vram_free_begin;
+
+vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
+                                         vram_entry **entry);
+/* outcome: 0 released (remember as freed), 1 driver failed (entry stays live),
+ * 2 lost with its failed device (dropped, counted as lost). */
+void vram_registry_free_finish(vram_entry *entry, int outcome);
+void vram_entry_describe(const vram_entry *entry, const vram_backend **backend, int *device,
+                         uintptr_t *address, size_t *bytes);
+
+uint64_t vram_registry_live_count(void);
+int vram_registry_stats_copy(int device, vram_registry_stats *out);
+int vram_registry_list_copy(int device, vram_alloc_record *out, size_t capacity, size_t *count);
+
+/* stats.c: lock-free aggregates. */
+void vram_stats_record(int device, vram_op op, int status, vram_reason reason, size_t bytes,
+                       uint64_t elapsed_ns);
+int vram_stats_copy(int device, vram_stats *out);
+
+/* Thread-local last error (vram_ops.c). */
+void vram_set_last_error(int status, vram_reason reason, vram_op op, int driver_error);
+
+/* Overflow-checked arithmetic. */
+static inline bool vram_add_overflows(uintptr_t a, size_t b, uintptr_t *sum) {
+    return __builtin_add_overflow(a, b, sum);
+}
+
+#endif /* VRAM_INTERNAL_H */

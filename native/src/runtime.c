@@ -1,0 +1,136 @@
+/* Which backend serves the process, this thread's device, and the per-device failure latch. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+static const vram_backend *g_backend; /* atomic: set once by default, or by vram_select_backend */
+static pthread_once_t g_default_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_select_lock = PTHREAD_MUTEX_INITIALIZER;
+static char g_env_error[160]; /* set when VRAMOBS_BACKEND names no backend */
+static int g_failed[VRAM_MAX_DEVICES];
+static _Thread_local int t_device;
+
+static const vram_backend *backend_named(const char *name) {
+    if (strcmp(name, "cuda") == 0) return &vram_backend_cuda;
+    if (strcmp(name, "host") == 0) return &vram_backend_host;
+    return NULL;
+}
+
+static void select_default(void) {
+    const char *env = getenv("VRAMOBS_BACKEND");
+    const vram_backend *b = &vram_backend_cuda;
+    if (env && *env) {
+        b = backend_named(env);
+        if (!b) {
+            /* Never fall back silently: report the bad setting and serve nothing. */
+            snprintf(g_env_error, sizeof g_env_error,
+                     "VRAMOBS_BACKEND='%.64s' names no backend (use 'cuda' or 'host')", env);
+            b = &vram_backend_cuda;
+        }
+    }
+    __atomic_store_n(&g_backend, b, __ATOMIC_RELEASE);
+}
+
+const vram_backend *vram_runtime_backend(void) {
+    const vram_backend *b = __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE);
+    if (b) return b;
+    pthread_once(&g_default_once, select_default);
+    return __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE);
+}
+
+bool vram_runtime_usable(const vram_backend *backend) {
+    return g_env_error[0] == '\0' && backend->init();
+}
+
+int vram_runtime_thread_device(void) { return t_device; }
+
+bool vram_runtime_device_failed(int device) {
+    return __atomic_load_n(&g_failed[device], __ATOMIC_ACQUIRE) != 0;
+}
+
+void vram_runtime_latch(int device) { __atomic_store_n(&g_failed[device], 1, __ATOMIC_RELEASE); }
+
+int vram_select_backend(const char *name) {
+    const vram_backend *wanted = name ? backend_named(name) : NULL;
+    if (!wanted) return VRAM_ERR_INVALID_PARAMETERS;
+    pthread_once(&g_default_once, select_default);
+    pthread_mutex_lock(&g_select_lock);
+    int status = VRAM_SUCCESS;
+    if (wanted != __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE) || g_env_error[0]) {
+        if (vram_registry_live_count() > 0) {
+            status = VRAM_ERR_BUSY;
+        } else {
+            g_env_error[0] = '\0';
+            __atomic_store_n(&g_backend, wanted, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&g_select_lock);
+    return status;
+}
+
+const char *vram_backend_name(void) { return vram_runtime_backend()->name; }
+
+const char *vram_backend_diagnostic(void) {
+    const vram_backend *b = vram_runtime_backend();
+    if (g_env_error[0]) return g_env_error;
+    b->init();
+    return b->diagnostic();
+}
+
+int vram_device_count(int *count) {
+    if (!count) return VRAM_ERR_INVALID_PARAMETERS;
+    *count = 0;
+    const vram_backend *b = vram_runtime_backend();
+    if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
+    *count = b->device_count();
+    return VRAM_SUCCESS;
+}
+
+int vram_set_device(int device) {
+    const vram_backend *b = vram_runtime_backend();
+    if (device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
+    if (device >= b->device_count()) return VRAM_ERR_INVALID_PARAMETERS;
+    t_device = device;
+    return VRAM_SUCCESS;
+}
+
+int vram_get_device(int *device) {
+    if (!device) return VRAM_ERR_INVALID_PARAMETERS;
+    *device = t_device;
+    return VRAM_SUCCESS;
+}
+
+int vram_device_state_get(int device, int *state) {
+    if (!state || device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
+    const vram_backend *b = vram_runtime_backend();
+    if (!vram_runtime_usable(b) || device >= b->device_count())
+        *state = VRAM_DEVICE_UNAVAILABLE;
+    else
+        *state = vram_runtime_device_failed(device) ? VRAM_DEVICE_FAILED : VRAM_DEVICE_USABLE;
+    return VRAM_SUCCESS;
+}
+
+int vram_device_props_get(int device, vram_device_props *props) {
+    if (!props || device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
+    memset(props, 0, sizeof *props);
+    const vram_backend *b = vram_runtime_backend();
+    if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
+    if (device >= b->device_count()) return VRAM_ERR_INVALID_PARAMETERS;
+    props->ordinal = device;
+    return b->props(device, props);
+}
+
+const char *vram_driver_error_name(int driver_error) {
+    return vram_runtime_backend()->error_name(driver_error);
+}
+
+uint64_t vram_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}

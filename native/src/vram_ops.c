@@ -1,0 +1,233 @@
+/* The public operations: validate, resolve through the registry, call the backend, time and
+ * count. Every path returns a code; every failure sets this thread's last error. */
+#include <string.h>
+
+#include "internal.h"
+
+static _Thread_local vram_error_info t_last_error;
+
+void vram_set_last_error(int status, vram_reason reason, vram_op op, int driver_error) {
+    t_last_error.status = status;
+    t_last_error.reason = (int32_t)reason;
+    t_last_error.op = (int32_t)op;
+    t_last_error.driver_error = driver_error;
+}
+
+void vram_last_error(vram_error_info *out) {
+    if (out) *out = t_last_error;
+}
+
+/* One call in flight: what it will report when it finishes. */
+typedef struct call {
+    vram_op op;
+    uint64_t start_ns;
+    int device; /* where it counts: the allocation's device once known, else the thread's */
+    vram_reason reason;
+    int driver_error;
+    size_t bytes;
+} call;
+
+static call begin(vram_op op) {
+    call c = {op, vram_now_ns(), vram_runtime_thread_device(), VRAM_REASON_NONE, 0, 0};
+    return c;
+}
+
+static int finish(call *c, int status) {
+    vram_stats_record(c->device, c->op, status, c->reason, status == VRAM_SUCCESS ? c->bytes : 0,
+                      vram_now_ns() - c->start_ns);
+    if (status != VRAM_SUCCESS) vram_set_last_error(status, c->reason, c->op, c->driver_error);
+    return status;
+}
+
+static int refuse(call *c, int status, vram_reason reason) {
+    c->reason = reason;
+    return finish(c, status);
+}
+
+/* Translate a driver failure; a sticky one latches the device. */
+static int driver_failure(call *c, const vram_backend *b, int device, int error, int otherwise) {
+    c->driver_error = error;
+    switch (b->classify(error)) {
+    case VRAM_FAULT_STICKY:
+        vram_runtime_latch(device);
+        return VRAM_ERR_DEVICE_FAILED;
+    case VRAM_FAULT_NO_DEVICE:
+        return VRAM_ERR_NO_DEVICE;
+    default:
+        return otherwise;
+    }
+}
+
+/* The backend and thread device for an operation that allocates or queries. */
+static int ready(call *c, const vram_backend **b) {
+    *b = vram_runtime_backend();
+    if (!vram_runtime_usable(*b)) return VRAM_ERR_NO_DEVICE;
+    if (c->device >= (*b)->device_count()) {
+        c->reason = VRAM_REASON_INVALID_DEVICE;
+        return VRAM_ERR_INVALID_PARAMETERS;
+    }
+    if (vram_runtime_device_failed(c->device)) return VRAM_ERR_DEVICE_FAILED;
+    return VRAM_SUCCESS;
+}
+
+int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
+    call c = begin(VRAM_OP_MALLOC);
+    if (!ptr) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    *ptr = NULL;
+    if (generation) *generation = 0;
+    if (bytes == 0) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
+    if (bytes > SIZE_MAX - (VRAM_ALIGNMENT - 1))
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_SIZE_OVERFLOW);
+    if (tag >= VRAM_MAX_TAGS)
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_TAG);
+    const vram_backend *b;
+    int status = ready(&c, &b);
+    if (status != VRAM_SUCCESS) return finish(&c, status);
+
+    vram_entry *node = vram_registry_node_new(); /* before the driver: recording cannot fail */
+    if (!node) return finish(&c, VRAM_ERR_ALLOCATION_FAILED);
+    uintptr_t address = 0;
+    int error = b->alloc(c.device, bytes, &address);
+    if (error != 0 || address == 0) {
+        vram_registry_node_delete(node);
+        return finish(&c, error ? driver_failure(&c, b, c.device, error, VRAM_ERR_ALLOCATION_FAILED)
+                                : VRAM_ERR_ALLOCATION_FAILED);
+    }
+    uint64_t g = vram_registry_insert(node, b, address, bytes, c.device, tag);
+    *ptr = (void *)address;
+    if (generation) *generation = g;
+    c.bytes = bytes;
+    return finish(&c, VRAM_SUCCESS);
+}
+
+int vram_malloc(void **ptr, size_t bytes) { return vram_malloc_ex(ptr, bytes, 0, NULL); }
+
+static int free_generation(void *ptr, uint64_t generation) {
+    call c = begin(VRAM_OP_FREE);
+    if (!ptr) return finish(&c, VRAM_SUCCESS);
+    if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
+    vram_entry *e = NULL;
+    switch (vram_registry_free_begin((uintptr_t)ptr, generation, &e)) {
+    case VRAM_FREE_ALREADY:
+        return finish(&c, VRAM_SUCCESS);
+    case VRAM_FREE_UNKNOWN:
+        return refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER);
+    case VRAM_FREE_INTERIOR:
+        return refuse(&c, VRAM_ERR_INTERIOR_POINTER, VRAM_REASON_INTERIOR_POINTER);
+    case VRAM_FREE_BAD_GENERATION:
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
+    case VRAM_FREE_PROCEED:
+        break;
+    }
+    const vram_backend *b;
+    uintptr_t address;
+    size_t bytes;
+    vram_entry_describe(e, &b, &c.device, &address, &bytes);
+    if (vram_runtime_device_failed(c.device)) {
+        /* The context is dead and its memory with it: drop the entry, call nothing. */
+        vram_registry_free_finish(e, 2);
+        return finish(&c, VRAM_ERR_DEVICE_FAILED);
+    }
+    int error = b->release(c.device, address, bytes);
+    if (error != 0) {
+        int status = driver_failure(&c, b, c.device, error, VRAM_ERR_DRIVER);
+        vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
+        return finish(&c, status);
+    }
+    vram_registry_free_finish(e, 0);
+    c.bytes = bytes;
+    return finish(&c, VRAM_SUCCESS);
+}
+
+int vram_free(void *ptr) { return free_generation(ptr, 0); }
+
+int vram_free_ex(void *ptr, uint64_t generation) {
+    if (generation == 0) {
+        call c = begin(VRAM_OP_FREE);
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
+    }
+    return free_generation(ptr, generation);
+}
+
+/* Both copies: device_address is the device side, host the host side. */
+static int copy(vram_op op, uintptr_t device_address, void *host, size_t bytes) {
+    call c = begin(op);
+    uintptr_t end;
+    if (!device_address || !host)
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    if (bytes == 0) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
+    if (vram_add_overflows(device_address, bytes, &end) ||
+        vram_add_overflows((uintptr_t)host, bytes, &end))
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
+    if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
+
+    vram_entry *e = NULL;
+    switch (vram_registry_pin(device_address, bytes, &e, &c.device)) {
+    case VRAM_LOOKUP_UNKNOWN:
+        return refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER);
+    case VRAM_LOOKUP_FREED:
+        return refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_FREED_POINTER);
+    case VRAM_LOOKUP_OUT_OF_BOUNDS:
+        return refuse(&c, VRAM_ERR_OUT_OF_BOUNDS, VRAM_REASON_OUT_OF_BOUNDS);
+    case VRAM_LOOKUP_LIVE:
+        break;
+    }
+    const vram_backend *b;
+    uintptr_t base;
+    size_t size;
+    vram_entry_describe(e, &b, &c.device, &base, &size);
+    int status = VRAM_ERR_DEVICE_FAILED;
+    if (!vram_runtime_device_failed(c.device)) {
+        int error = op == VRAM_OP_MEMCPY_H2D ? b->copy_h2d(c.device, device_address, host, bytes)
+                                             : b->copy_d2h(c.device, host, device_address, bytes);
+        status = error ? driver_failure(&c, b, c.device, error, VRAM_ERR_COPY_FAILED)
+                       : VRAM_SUCCESS;
+    }
+    vram_registry_unpin(e);
+    c.bytes = bytes;
+    return finish(&c, status);
+}
+
+int vram_memcpy_h2d(void *dst, const void *src, size_t bytes) {
+    /* The host side is only read; the cast drops const for the shared copy path. */
+    return copy(VRAM_OP_MEMCPY_H2D, (uintptr_t)dst, (void *)(uintptr_t)src, bytes);
+}
+
+int vram_memcpy_d2h(void *dst, const void *src, size_t bytes) {
+    return copy(VRAM_OP_MEMCPY_D2H, (uintptr_t)src, dst, bytes);
+}
+
+int vram_get_info(size_t *free_bytes, size_t *total_bytes) {
+    call c = begin(VRAM_OP_GET_INFO);
+    if (free_bytes) *free_bytes = 0;
+    if (total_bytes) *total_bytes = 0;
+    if (!free_bytes || !total_bytes)
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    const vram_backend *b;
+    int status = ready(&c, &b);
+    if (status != VRAM_SUCCESS) return finish(&c, status);
+    size_t f = 0, t = 0;
+    int error = b->mem_info(c.device, &f, &t);
+    if (error != 0) return finish(&c, driver_failure(&c, b, c.device, error, VRAM_ERR_DRIVER));
+    *free_bytes = f;
+    *total_bytes = t;
+    return finish(&c, VRAM_SUCCESS);
+}
+
+int vram_stats_get(int device, vram_stats *out, size_t out_size) {
+    if (!out || out_size < sizeof *out || device < -1 || device >= VRAM_MAX_DEVICES)
+        return VRAM_ERR_INVALID_PARAMETERS;
+    return vram_stats_copy(device, out);
+}
+
+int vram_registry_stats_get(int device, vram_registry_stats *out, size_t out_size) {
+    if (!out || out_size < sizeof *out || device < -1 || device >= VRAM_MAX_DEVICES)
+        return VRAM_ERR_INVALID_PARAMETERS;
+    return vram_registry_stats_copy(device, out);
+}
+
+int vram_registry_list(int device, vram_alloc_record *out, size_t capacity, size_t *count) {
+    if (!count || (!out && capacity) || device < -1 || device >= VRAM_MAX_DEVICES)
+        return VRAM_ERR_INVALID_PARAMETERS;
+    return vram_registry_list_copy(device, out, capacity, count);
+}
