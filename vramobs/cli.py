@@ -1,0 +1,99 @@
+"""The ``vramobs`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from . import __version__, _native, device
+from .errors import VramError
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.backend:
+        device.use_backend(args.backend)
+    library_version = _native.lib().vram_version_string().decode()
+    report: dict = {
+        "vramobs": __version__,
+        "library": str(_native.library_path()),
+        "library_version": library_version,
+        "backend": device.backend(),
+        "python": sys.version.split()[0],
+    }
+    try:
+        count = device.device_count()
+    except VramError as exc:
+        report["error"] = str(exc)
+        _print(report, args.json)
+        print(
+            "vramobs: no usable device. On a machine without a GPU, try "
+            "`vramobs info --backend host` (emulated device memory).",
+            file=sys.stderr,
+        )
+        return 1
+    report["devices"] = []
+    for d in range(count):
+        info = device.device_info(d)
+        mem = device.get_info(d)
+        report["devices"].append(
+            {
+                "index": d,
+                "name": info.name,
+                "uuid": info.uuid,
+                "pci_bus_id": info.pci_bus_id,
+                "compute_capability": "%d.%d" % info.compute_capability,
+                "driver_version": info.driver_version,
+                "state": device.device_state(d).name.lower(),
+                "free_bytes": mem.free,
+                "total_bytes": mem.total,
+            }
+        )
+    _print(report, args.json)
+    return 0
+
+
+def _print(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for key in ("vramobs", "library_version", "library", "backend", "python", "error"):
+        if key in report:
+            print(f"{key:16} {report[key]}")
+    for d in report.get("devices", []):
+        print(
+            f"device {d['index']:<9} {d['name']} ({d['uuid']}, {d['pci_bus_id']}, "
+            f"cc {d['compute_capability']}, driver {d['driver_version']}, {d['state']})"
+        )
+        print(f"{'':16} free {_gib(d['free_bytes'])} of {_gib(d['total_bytes'])}")
+    if report.get("backend") == "host":
+        print("note: HOST BACKEND - device memory is emulated in host RAM; no GPU is used")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vramobs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vramobs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="backend, devices, free/total memory, driver, versions")
+    info.add_argument("--backend", choices=("cuda", "host"), help="select a backend explicitly")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (VramError, _native.NativeLibraryError) as exc:
+        print(f"vramobs: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
