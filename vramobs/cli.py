@@ -75,6 +75,21 @@ def _print(report: dict, as_json: bool) -> None:
         print("note: HOST BACKEND - device memory is emulated in host RAM; no GPU is used")
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench  # numpy and the peers load only for this command
+
+    if args.backend:
+        device.use_backend(args.backend)
+    sizes = {} if not args.quick else {"copy_sizes": (4096, 1 << 20), "alloc_sizes": (4096,)}
+    results = bench.run(budget_s=args.budget, **sizes)
+    print(f"vramobs {__version__} bench, backend {device.backend()}")
+    print(bench.markdown(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in results], f, indent=1)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vramobs", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vramobs {__version__}")
@@ -83,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--backend", choices=("cuda", "host"), help="select a backend explicitly")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=_info)
+    bench = sub.add_parser("bench", help="time vramobs against raw CUDA, PyTorch and CuPy")
+    bench.add_argument("--backend", choices=("cuda", "host"), help="select a backend explicitly")
+    bench.add_argument("--quick", action="store_true", help="small sizes only")
+    bench.add_argument("--budget", type=float, default=0.4, help="seconds per case (default 0.4)")
+    bench.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -180,7 +180,7 @@ typedef enum vram_device_state {
 } vram_device_state;
 
 /* A sticky driver error (illegal address, launch failure, uncorrectable ECC, ...) latches
- * its device as failed: every later call on it returns VRAM_ERR_DEVICE_FAILED at once,
+ * its device as failed: every later operation on it returns VRAM_ERR_DEVICE_FAILED at once,
  * without calling the driver. Out-of-memory is not sticky. */
 VRAM_API int vram_device_state_get(int device, int *state);
 
@@ -195,6 +195,8 @@ typedef struct vram_device_props {
     int32_t ordinal;
 } vram_device_props;
 
+/* Read once from the driver and cached: a device that failed after its first query is still
+ * described (without a driver call); one that failed before it -> VRAM_ERR_DEVICE_FAILED. */
 VRAM_API int vram_device_props_get(int device, vram_device_props *props);
 
 /* Backends. vram_select_backend("host" | "cuda") -> 10 while allocations are live, 2 for an

@@ -115,14 +115,36 @@ int vram_device_state_get(int device, int *state) {
     return VRAM_SUCCESS;
 }
 
+/* Device properties never change: they are read from the driver once and cached, so a
+ * failed device can still be named (its UUID labels its metrics) without a driver call. */
+static vram_device_props g_props[VRAM_MAX_DEVICES];
+static const vram_backend *g_props_backend[VRAM_MAX_DEVICES];
+static pthread_mutex_t g_props_lock = PTHREAD_MUTEX_INITIALIZER;
+
 int vram_device_props_get(int device, vram_device_props *props) {
     if (!props || device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
     memset(props, 0, sizeof *props);
     const vram_backend *b = vram_runtime_backend();
     if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
     if (device >= b->device_count()) return VRAM_ERR_INVALID_PARAMETERS;
-    props->ordinal = device;
-    return b->props(device, props);
+    int status = VRAM_SUCCESS;
+    pthread_mutex_lock(&g_props_lock);
+    if (g_props_backend[device] != b) {
+        if (vram_runtime_device_failed(device)) {
+            status = VRAM_ERR_DEVICE_FAILED;
+        } else {
+            vram_device_props fresh = {0};
+            fresh.ordinal = device;
+            status = b->props(device, &fresh);
+            if (status == VRAM_SUCCESS) {
+                g_props[device] = fresh;
+                g_props_backend[device] = b;
+            }
+        }
+    }
+    if (status == VRAM_SUCCESS) *props = g_props[device];
+    pthread_mutex_unlock(&g_props_lock);
+    return status;
 }
 
 const char *vram_driver_error_name(int driver_error) {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole GPU suite, on a machine with an NVIDIA GPU (run tests/gpu/prepare.sh first on the
+# CPU machine and carry dist/ and .carry/): installs the wheel built there unchanged, runs the
+# pytest GPU suite, the Rust FFI test binaries on the CUDA backend, and the benchmark, and ends
+# with one summary line. Usage: tests/gpu/run.sh [OUT_DIR]
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-${OUT:-/tmp/vramobs-gpu}}
+mkdir -p "$out"
+site=$(mktemp -d)
+wheel=$(ls "$repo"/dist/vramobs-*-py3-none-*.whl)
+python3 -m pip install -q --no-index --no-deps --target "$site" "$wheel" \
+  || python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$site"
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" VRAMOBS_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
+cd "$site"  # never import the source tree
+python3 -c "import vramobs; print('vramobs', vramobs.__version__, 'from', vramobs.__file__)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
+
+python3 -m pytest "$repo/tests/gpu" -q -p no:cacheprovider \
+  --junitxml "$out/pytest.xml" 2>&1 | tee "$out/pytest.log"
+pytest_line=$(python3 - "$out/pytest.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    s = ET.parse(sys.argv[1]).getroot()
+    s = s if s.tag == "testsuite" else s.find("testsuite")
+    t, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
+    print(f"pytest {t - f - e - k} passed, {f + e} failed, {k} skipped")
+except Exception as exc:
+    print(f"pytest did not report ({exc})")
+PY
+)
+
+rust_passed=0 rust_failed=0
+for binary in "$repo"/.carry/ffi/*; do
+  [ -x "$binary" ] || continue
+  LD_LIBRARY_PATH="$site/vramobs" VRAMOBS_BACKEND=cuda "$binary" 2>&1 | tee -a "$out/rust.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rust_failed=$((rust_failed + 1))
+done
+read -r rust_passed rust_failed_tests < <(python3 - "$out/rust.log" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read() if __import__("os").path.exists(sys.argv[1]) else ""
+runs = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text)
+print(sum(int(p) for p, _ in runs), sum(int(f) for _, f in runs))
+PY
+)
+
+python3 -m vramobs bench --json "$out/bench.json" 2>&1 | tee "$out/bench.md"
+bench_status=${PIPESTATUS[0]}
+
+echo "GPU SUITE: $pytest_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"
