@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from . import _hostbuf, _native, tags
 from .device import _on_device
-from .errors import InvalidArgumentError, OutOfBoundsError, check
+from .errors import DeviceFailedError, InvalidArgumentError, OutOfBoundsError, check
 
 __all__ = ["DeviceBuffer", "alloc", "to_device"]
 
@@ -23,24 +23,26 @@ __all__ = ["DeviceBuffer", "alloc", "to_device"]
 class _Allocation:
     """What the finalizer needs, held apart from the buffer so it keeps no reference to it."""
 
-    __slots__ = ("address", "nbytes", "generation", "closed_explicitly")
+    __slots__ = ("address", "nbytes", "generation")
 
     def __init__(self, address: int, nbytes: int, generation: int) -> None:
         self.address = address
         self.nbytes = nbytes
         self.generation = generation
-        self.closed_explicitly = False
 
 
-def _release(allocation: _Allocation) -> int:
-    status = _native.lib().vram_free_ex(allocation.address, allocation.generation)
-    if not allocation.closed_explicitly:
-        warnings.warn(
-            f"DeviceBuffer of {allocation.nbytes} bytes was garbage-collected without close()",
-            ResourceWarning,
-            stacklevel=2,
-        )
-    return status
+def _free(allocation: _Allocation) -> int:
+    return _native.lib().vram_free_ex(allocation.address, allocation.generation)
+
+
+def _collected(allocation: _Allocation) -> None:
+    """The finalizer of a buffer garbage-collected while open: free it and say so."""
+    _free(allocation)
+    warnings.warn(
+        f"DeviceBuffer of {allocation.nbytes} bytes was garbage-collected without close()",
+        ResourceWarning,
+        stacklevel=2,
+    )
 
 
 def _nonnegative(name: str, value: int) -> int:
@@ -68,7 +70,7 @@ class DeviceBuffer:
         self._allocation = _Allocation(address, nbytes, generation)
         self._device = device
         self._tag = tag
-        self._finalizer = weakref.finalize(self, _release, self._allocation)
+        self._finalizer = weakref.finalize(self, _collected, self._allocation)
         # Buffers alive at exit (model weights) go with the process: no warning, no free.
         self._finalizer.atexit = False
         return self
@@ -113,10 +115,14 @@ class DeviceBuffer:
     # -- lifetime ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the device memory. Idempotent; raises if the driver failed to free it."""
+        """Free the device memory. Idempotent. If the driver fails to free it, raises and the
+        buffer stays open (close again to retry); if its device failed, the memory is lost
+        with the device: the buffer closes and DeviceFailedError is raised."""
         if self._finalizer.alive:
-            self._allocation.closed_explicitly = True
-            check(self._finalizer(), f"freeing {self.nbytes} bytes")
+            status = _free(self._allocation)
+            if status in (0, DeviceFailedError.code):
+                self._finalizer.detach()
+            check(status, f"freeing {self.nbytes} bytes")
 
     def __enter__(self) -> DeviceBuffer:
         return self
@@ -157,6 +163,9 @@ class DeviceBuffer:
         """Read ``nbytes`` (default: to the end) starting at ``offset`` into new bytes."""
         _nonnegative("offset", offset)
         count = self.nbytes - offset if nbytes is None else _nonnegative("nbytes", nbytes)
+        if count == 0 and offset <= self.nbytes:
+            self._check_open()
+            return b""
         out = bytearray(max(count, 0))
         self.copy_to(out, offset)
         return bytes(out)

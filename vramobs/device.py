@@ -87,6 +87,7 @@ class _on_device:
 
     def __enter__(self) -> None:
         if self._device is not None:
+            _device_arg(self._device)
             self._previous = current_device()
             if self._device != self._previous:
                 set_device(self._device)
@@ -153,6 +154,6 @@ def backend_diagnostic() -> str:
 
 def use_backend(name: str) -> None:
     """Select ``"cuda"`` or ``"host"`` explicitly. Raises BusyError while allocations live."""
-    if not isinstance(name, str):
-        raise InvalidArgumentError(f"backend must be a str, got {name!r}", reason="invalid_backend")
+    if not isinstance(name, str) or "\0" in name:
+        raise InvalidArgumentError(f"no backend is named {name!r}", reason="invalid_backend")
     check(_native.lib().vram_select_backend(name.encode()), f"backend {name!r}")

@@ -135,7 +135,7 @@ def raise_for(status: int, detail: str = "") -> NoReturn:
     lib.vram_last_error(ctypes.byref(info))
     matches = info.status == status
     reason = lib.vram_reason_name(info.reason).decode() if matches else "none"
-    op = lib.vram_op_name(info.op).decode() if matches else None
+    op = lib.vram_op_name(info.op).decode() if matches and info.op >= 0 else None
     driver_error = info.driver_error if matches else 0
     driver_name = lib.vram_driver_error_name(driver_error).decode() if driver_error else None
     parts = [f"{lib.vram_status_name(status).decode()}: {lib.vram_strerror(status).decode()}"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import _native, tags
-from .errors import check
+from .errors import InvalidArgumentError, check
 
 __all__ = [
     "Histogram",
@@ -78,6 +78,15 @@ class LiveAllocation:
     tag: str
 
 
+def _device(device: int) -> int:
+    if not isinstance(device, int) or isinstance(device, bool) or not -1 <= device < _native.MAX_DEVICES:
+        raise InvalidArgumentError(
+            f"device must be -1 (all) or an int in [0, {_native.MAX_DEVICES}), got {device!r}",
+            reason="invalid_device",
+        )
+    return device
+
+
 def _bounds(kind: int, n: int, scale: float) -> tuple[float, ...]:
     lib = _native.lib()
     return tuple(float("inf") if i == n - 1 else lib.vram_histogram_bound(kind, i) / scale for i in range(n))
@@ -91,7 +100,7 @@ def op_stats(device: int = -1) -> dict[str, OpStats]:
     """Per-operation aggregates of one device, or of all with ``device=-1``."""
     lib = _native.lib()
     snap = _native.Stats()
-    check(lib.vram_stats_get(device, ctypes.byref(snap), ctypes.sizeof(snap)))
+    check(lib.vram_stats_get(_device(device), ctypes.byref(snap), ctypes.sizeof(snap)))
     statuses = _names(lib.vram_status_name, _native.STATUS_CAPACITY)
     reasons = _names(lib.vram_reason_name, _native.REASON_CAPACITY)
     latency = _bounds(_LATENCY, _native.LATENCY_BUCKETS, 1e9)
@@ -119,7 +128,7 @@ def registry_stats(device: int = -1) -> RegistryStats:
     """Live allocations, bytes and lifetime totals of one device, or of all with -1."""
     lib = _native.lib()
     snap = _native.RegistryStats()
-    check(lib.vram_registry_stats_get(device, ctypes.byref(snap), ctypes.sizeof(snap)))
+    check(lib.vram_registry_stats_get(_device(device), ctypes.byref(snap), ctypes.sizeof(snap)))
     now = lib.vram_now_ns()
     return RegistryStats(
         live_count=snap.live_count,
@@ -144,7 +153,7 @@ def live_allocations(device: int = -1, limit: Optional[int] = None) -> list[Live
     """Live allocations, oldest first (at most ``limit``)."""
     lib = _native.lib()
     count = ctypes.c_size_t()
-    check(lib.vram_registry_list(device, None, 0, ctypes.byref(count)))
+    check(lib.vram_registry_list(_device(device), None, 0, ctypes.byref(count)))
     # Allocations may appear between the two calls: ask with room to spare, report what fits.
     capacity = count.value + 64 if limit is None else limit
     records = (_native.AllocRecord * capacity)()

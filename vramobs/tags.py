@@ -25,10 +25,12 @@ _ids: dict[str, int] = {UNTAGGED: 0}
 
 def declare(name: str) -> int:
     """Declare a tag (idempotent) and return its id."""
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"tag must be a str, got {name!r}", reason="invalid_tag")
     found = _ids.get(name)
     if found is not None:
         return found
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not _NAME.match(name):
         raise InvalidArgumentError(
             f"tag must be a lower-case identifier of at most 32 characters, got {name!r}",
             reason="invalid_tag",

@@ -76,7 +76,7 @@ VRAM_API const char *vram_version_string(void);
 #define VRAM_STATUS_MAP(XX)                                                                   \
     XX(0, SUCCESS, "success")                                                                 \
     XX(1, ERR_ALLOCATION_FAILED, "allocation failed: device memory exhausted or refused")     \
-    XX(2, ERR_INVALID_PARAMETERS, "invalid parameters: null pointer, zero size or overflow")  \
+    XX(2, ERR_INVALID_PARAMETERS, "invalid parameters")                                     \
     XX(3, ERR_COPY_FAILED, "copy failed in the driver")                                       \
     XX(4, ERR_NO_DEVICE, "no usable CUDA driver or device")                                   \
     XX(5, ERR_UNKNOWN_POINTER, "pointer is not a live allocation made by vram_malloc")        \
@@ -207,11 +207,11 @@ VRAM_API int vram_select_backend(const char *name);
 VRAM_API const char *vram_backend_name(void);
 VRAM_API const char *vram_backend_diagnostic(void);
 
-/* The last failed call on this thread. */
+/* The last failed call on this thread: every function that returns a failure sets it. */
 typedef struct vram_error_info {
     int32_t status;       /* vram_status */
     int32_t reason;       /* vram_reason for refusals, else 0 */
-    int32_t op;           /* vram_op */
+    int32_t op;           /* vram_op, or VRAM_OP_NONE for calls that are not operations */
     int32_t driver_error; /* the driver's code (CUresult) when a driver call failed, else 0 */
 } vram_error_info;
 
@@ -233,10 +233,11 @@ typedef enum vram_op {
 #define VRAM_OP_ENUM_(code, name, label) VRAM_OP_##name = code,
     VRAM_OP_MAP(VRAM_OP_ENUM_)
 #undef VRAM_OP_ENUM_
-    VRAM_OP_COUNT_ /* sentinel */
+    VRAM_OP_COUNT_, /* sentinel */
+    VRAM_OP_NONE = -1 /* not an operation: device and backend queries */
 } vram_op;
 
-VRAM_API const char *vram_op_name(int op); /* "memcpy_h2d"; "unknown" if unknown */
+VRAM_API const char *vram_op_name(int op); /* "memcpy_h2d"; "none" for VRAM_OP_NONE */
 
 #define VRAM_OP_CAPACITY 16        /* room for later operations without an ABI change */
 #define VRAM_STATUS_CAPACITY 16

@@ -65,6 +65,17 @@ static void forget_tomb(uintptr_t address) {
     if (t) t->used = false;
 }
 
+/* A new allocation over [address, address + bytes) makes every freed start inside it
+ * meaningless: forget them, so they cannot pass for freed pointers. */
+static void forget_tombs_in(uintptr_t address, size_t bytes) {
+    tombstone *t;
+    while ((t = (tombstone *)vram_addrmap_ceiling(&g_freed, address)) &&
+           t->node.key - address < bytes) {
+        vram_addrmap_remove(&g_freed, t->node.key);
+        t->used = false;
+    }
+}
+
 static void remember_tomb(uintptr_t address, uint64_t generation, int device) {
     forget_tomb(address);
     tombstone *t = &g_tombs[g_tomb_next];
@@ -117,7 +128,7 @@ uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uin
                               size_t bytes, int device, uint32_t tag) {
     pthread_mutex_lock(&g_lock);
     evict_overlaps(address, bytes);
-    forget_tomb(address);
+    forget_tombs_in(address, bytes);
     node->node.key = address;
     node->backend = backend;
     node->bytes = bytes;
@@ -215,15 +226,19 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
             result = VRAM_FREE_PROCEED;
             break;
         }
-        tombstone *t = (tombstone *)vram_addrmap_find(&g_freed, address);
-        if (t || known_generation) {
-            count_repeat(t ? t->device : 0);
+        if (known_generation) {
+            count_repeat(0);
             result = VRAM_FREE_ALREADY;
             break;
         }
         vram_entry *holder = as_entry(vram_addrmap_floor(&g_live, address));
-        result = holder && address - holder->node.key < holder->bytes ? VRAM_FREE_INTERIOR
-                                                                       : VRAM_FREE_UNKNOWN;
+        if (holder && address - holder->node.key < holder->bytes) {
+            result = VRAM_FREE_INTERIOR;
+            break;
+        }
+        tombstone *t = (tombstone *)vram_addrmap_find(&g_freed, address);
+        if (t) count_repeat(t->device);
+        result = t ? VRAM_FREE_ALREADY : VRAM_FREE_UNKNOWN;
         break;
     }
     pthread_mutex_unlock(&g_lock);

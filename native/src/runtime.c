@@ -14,6 +14,13 @@ static char g_env_error[160]; /* set when VRAMOBS_BACKEND names no backend */
 static int g_failed[VRAM_MAX_DEVICES];
 static _Thread_local int t_device;
 
+/* Non-operation calls report failures through the thread's last error too, so a caller never
+ * reads a stale one. */
+static int fail(int status, vram_reason reason) {
+    vram_set_last_error(status, reason, VRAM_OP_NONE, 0);
+    return status;
+}
+
 static const vram_backend *backend_named(const char *name) {
     if (strcmp(name, "cuda") == 0) return &vram_backend_cuda;
     if (strcmp(name, "host") == 0) return &vram_backend_host;
@@ -56,13 +63,13 @@ void vram_runtime_latch(int device) { __atomic_store_n(&g_failed[device], 1, __A
 
 int vram_select_backend(const char *name) {
     const vram_backend *wanted = name ? backend_named(name) : NULL;
-    if (!wanted) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!wanted) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_BACKEND);
     pthread_once(&g_default_once, select_default);
     pthread_mutex_lock(&g_select_lock);
     int status = VRAM_SUCCESS;
     if (wanted != __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE) || g_env_error[0]) {
         if (vram_registry_live_count() > 0) {
-            status = VRAM_ERR_BUSY;
+            status = fail(VRAM_ERR_BUSY, VRAM_REASON_NONE);
         } else {
             g_env_error[0] = '\0';
             __atomic_store_n(&g_backend, wanted, __ATOMIC_RELEASE);
@@ -82,31 +89,35 @@ const char *vram_backend_diagnostic(void) {
 }
 
 int vram_device_count(int *count) {
-    if (!count) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!count) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
     *count = 0;
     const vram_backend *b = vram_runtime_backend();
-    if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
+    if (!vram_runtime_usable(b)) return fail(VRAM_ERR_NO_DEVICE, VRAM_REASON_NONE);
     *count = b->device_count();
     return VRAM_SUCCESS;
 }
 
 int vram_set_device(int device) {
     const vram_backend *b = vram_runtime_backend();
-    if (device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
-    if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
-    if (device >= b->device_count()) return VRAM_ERR_INVALID_PARAMETERS;
+    if (device < 0 || device >= VRAM_MAX_DEVICES)
+        return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE);
+    if (!vram_runtime_usable(b)) return fail(VRAM_ERR_NO_DEVICE, VRAM_REASON_NONE);
+    if (device >= b->device_count())
+        return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE);
     t_device = device;
     return VRAM_SUCCESS;
 }
 
 int vram_get_device(int *device) {
-    if (!device) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!device) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
     *device = t_device;
     return VRAM_SUCCESS;
 }
 
 int vram_device_state_get(int device, int *state) {
-    if (!state || device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!state) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    if (device < 0 || device >= VRAM_MAX_DEVICES)
+        return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE);
     const vram_backend *b = vram_runtime_backend();
     if (!vram_runtime_usable(b) || device >= b->device_count())
         *state = VRAM_DEVICE_UNAVAILABLE;
@@ -122,11 +133,14 @@ static const vram_backend *g_props_backend[VRAM_MAX_DEVICES];
 static pthread_mutex_t g_props_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int vram_device_props_get(int device, vram_device_props *props) {
-    if (!props || device < 0 || device >= VRAM_MAX_DEVICES) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!props) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    if (device < 0 || device >= VRAM_MAX_DEVICES)
+        return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE);
     memset(props, 0, sizeof *props);
     const vram_backend *b = vram_runtime_backend();
-    if (!vram_runtime_usable(b)) return VRAM_ERR_NO_DEVICE;
-    if (device >= b->device_count()) return VRAM_ERR_INVALID_PARAMETERS;
+    if (!vram_runtime_usable(b)) return fail(VRAM_ERR_NO_DEVICE, VRAM_REASON_NONE);
+    if (device >= b->device_count())
+        return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE);
     int status = VRAM_SUCCESS;
     pthread_mutex_lock(&g_props_lock);
     if (g_props_backend[device] != b) {
@@ -144,7 +158,7 @@ int vram_device_props_get(int device, vram_device_props *props) {
     }
     if (status == VRAM_SUCCESS) *props = g_props[device];
     pthread_mutex_unlock(&g_props_lock);
-    return status;
+    return status == VRAM_SUCCESS ? status : fail(status, VRAM_REASON_NONE);
 }
 
 const char *vram_driver_error_name(int driver_error) {

@@ -48,6 +48,8 @@ const char *vram_op_name(int op) {
         return label;
         VRAM_OP_MAP(VRAM_OP_LABEL_)
 #undef VRAM_OP_LABEL_
+    case VRAM_OP_NONE:
+        return "none";
     default:
         return "unknown";
     }

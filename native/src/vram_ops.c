@@ -214,20 +214,25 @@ int vram_get_info(size_t *free_bytes, size_t *total_bytes) {
     return finish(&c, VRAM_SUCCESS);
 }
 
+static int invalid(void) {
+    vram_set_last_error(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NONE, VRAM_OP_NONE, 0);
+    return VRAM_ERR_INVALID_PARAMETERS;
+}
+
 int vram_stats_get(int device, vram_stats *out, size_t out_size) {
     if (!out || out_size < sizeof *out || device < -1 || device >= VRAM_MAX_DEVICES)
-        return VRAM_ERR_INVALID_PARAMETERS;
+        return invalid();
     return vram_stats_copy(device, out);
 }
 
 int vram_registry_stats_get(int device, vram_registry_stats *out, size_t out_size) {
     if (!out || out_size < sizeof *out || device < -1 || device >= VRAM_MAX_DEVICES)
-        return VRAM_ERR_INVALID_PARAMETERS;
+        return invalid();
     return vram_registry_stats_copy(device, out);
 }
 
 int vram_registry_list(int device, vram_alloc_record *out, size_t capacity, size_t *count) {
     if (!count || (!out && capacity) || device < -1 || device >= VRAM_MAX_DEVICES)
-        return VRAM_ERR_INVALID_PARAMETERS;
+        return invalid();
     return vram_registry_list_copy(device, out, capacity, count);
 }

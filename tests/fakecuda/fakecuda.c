@@ -557,9 +557,9 @@ static void load_injections(const char *spec) {
         }
         if (!ok) {
             fprintf(stderr,
-                    "fakecuda: FAKECUDA_FAIL item '%s' is not function:error:nth[:sticky]; "
-                    "ignored\n",
-                    fields[0] ? fields[0] : "");
+                    "fakecuda: FAKECUDA_FAIL='%s': an item is not function:error:nth[:sticky] "
+                    "(function '%s'); that item is ignored\n",
+                    spec, fields[0] ? fields[0] : "");
             continue;
         }
         inject(fn, error, nth, sticky != 0);
@@ -863,15 +863,15 @@ CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t By
     return copy((uintptr_t)srcDevice, dstHost, ByteCount, 0);
 }
 
-CUresult CUDAAPI cuMemGetInfo_v2(size_t *free, size_t *total) {
+CUresult CUDAAPI cuMemGetInfo_v2(size_t *free_mem, size_t *total_mem) {
     GATE(FN_MEM_GET_INFO);
     NEED_INIT();
     CUcontext ctx = current_context();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
-    if (!free || !total) return CUDA_ERROR_INVALID_VALUE;
+    if (!free_mem || !total_mem) return CUDA_ERROR_INVALID_VALUE;
     pthread_rwlock_rdlock(&g_mem_lock);
-    *free = free_bytes(ctx->device);
-    *total = g_total;
+    *free_mem = free_bytes(ctx->device);
+    *total_mem = g_total;
     pthread_rwlock_unlock(&g_mem_lock);
     return CUDA_SUCCESS;
 }
