@@ -71,6 +71,7 @@ class OpStats(ctypes.Structure):
         ("bytes_ok", ctypes.c_uint64),
         ("size_ok", ctypes.c_uint64 * SIZE_BUCKETS),
         ("bandwidth_ok", ctypes.c_uint64 * BANDWIDTH_BUCKETS),
+        ("bandwidth_ok_sum", ctypes.c_uint64),
     ]
 
 

@@ -3,7 +3,8 @@
 A buffer frees exactly its own allocation, once: it remembers the allocation's generation
 and frees through ``vram_free_ex``, so a buffer closed after its address was freed elsewhere
 and handed to a new allocation cannot free the newcomer. It is freed on ``close()``, at the
-end of a ``with`` block, or when garbage-collected (then a ResourceWarning says it leaked).
+end of a ``with`` block, or when garbage-collected (then it is counted as leaked and a
+ResourceWarning names the code that allocated it).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import warnings
 import weakref
 from typing import Any, Optional
 
-from . import _hostbuf, _native, tags
+from . import _hostbuf, _native, leaks, tags
 from .device import _on_device
 from .errors import DeviceFailedError, InvalidArgumentError, OutOfBoundsError, check
+from .tracing import traced
 
 __all__ = ["DeviceBuffer", "alloc", "to_device"]
 
@@ -23,23 +25,33 @@ __all__ = ["DeviceBuffer", "alloc", "to_device"]
 class _Allocation:
     """What the finalizer needs, held apart from the buffer so it keeps no reference to it."""
 
-    __slots__ = ("address", "nbytes", "generation")
+    __slots__ = ("address", "nbytes", "generation", "device")
 
-    def __init__(self, address: int, nbytes: int, generation: int) -> None:
+    def __init__(self, address: int, nbytes: int, generation: int, device: int) -> None:
         self.address = address
         self.nbytes = nbytes
         self.generation = generation
+        self.device = device
 
 
 def _free(allocation: _Allocation) -> int:
-    return _native.lib().vram_free_ex(allocation.address, allocation.generation)
+    lib = _native.lib()
+    return traced(
+        "free",
+        lambda: lib.vram_free_ex(allocation.address, allocation.generation),
+        nbytes=allocation.nbytes,
+        device=allocation.device,
+    )
 
 
 def _collected(allocation: _Allocation) -> None:
-    """The finalizer of a buffer garbage-collected while open: free it and say so."""
+    """The finalizer of a buffer garbage-collected while open: free it, count it, say where
+    it came from."""
     _free(allocation)
+    site = leaks.collected(allocation.generation, allocation.device, allocation.nbytes)
     warnings.warn(
-        f"DeviceBuffer of {allocation.nbytes} bytes was garbage-collected without close()",
+        f"DeviceBuffer of {allocation.nbytes} bytes on device {allocation.device} was "
+        f"garbage-collected without close(); allocated at {site}",
         ResourceWarning,
         stacklevel=2,
     )
@@ -67,7 +79,7 @@ class DeviceBuffer:
     @classmethod
     def _adopt(cls, address: int, nbytes: int, generation: int, device: int, tag: str) -> DeviceBuffer:
         self = object.__new__(cls)
-        self._allocation = _Allocation(address, nbytes, generation)
+        self._allocation = _Allocation(address, nbytes, generation, device)
         self._device = device
         self._tag = tag
         self._finalizer = weakref.finalize(self, _collected, self._allocation)
@@ -122,6 +134,7 @@ class DeviceBuffer:
             status = _free(self._allocation)
             if status in (0, DeviceFailedError.code):
                 self._finalizer.detach()
+                leaks.forget(self._allocation.generation)
             check(status, f"freeing {self.nbytes} bytes")
 
     def __enter__(self) -> DeviceBuffer:
@@ -151,13 +164,23 @@ class DeviceBuffer:
         """Copy all of host buffer ``src`` into this buffer, starting at ``offset``."""
         with _hostbuf.borrowed(src, writable=False) as (host, nbytes):
             dst = self._span(offset, nbytes)
-            check(_native.lib().vram_memcpy_h2d(dst, host, nbytes), f"copy of {nbytes} bytes")
+            lib = _native.lib()
+            status = traced(
+                "memcpy_h2d", lambda: lib.vram_memcpy_h2d(dst, host, nbytes),
+                nbytes=nbytes, device=self._device,
+            )
+            check(status, f"copy of {nbytes} bytes")
 
     def copy_to(self, dst: Any, offset: int = 0) -> None:
         """Fill all of writable host buffer ``dst`` from this buffer, starting at ``offset``."""
         with _hostbuf.borrowed(dst, writable=True) as (host, nbytes):
             src = self._span(offset, nbytes)
-            check(_native.lib().vram_memcpy_d2h(host, src, nbytes), f"copy of {nbytes} bytes")
+            lib = _native.lib()
+            status = traced(
+                "memcpy_d2h", lambda: lib.vram_memcpy_d2h(host, src, nbytes),
+                nbytes=nbytes, device=self._device,
+            )
+            check(status, f"copy of {nbytes} bytes")
 
     def to_bytes(self, offset: int = 0, nbytes: Optional[int] = None) -> bytes:
         """Read ``nbytes`` (default: to the end) starting at ``offset`` into new bytes."""
@@ -200,9 +223,15 @@ def alloc(nbytes: int, *, device: Optional[int] = None, tag: Optional[str] = Non
     generation = ctypes.c_uint64()
     lib = _native.lib()
     with _on_device(device):
-        status = lib.vram_malloc_ex(ctypes.byref(ptr), nbytes, tag_id, ctypes.byref(generation))
-        check(status, f"allocating {nbytes} bytes")
         where = device if device is not None else _current(lib)
+        status = traced(
+            "malloc",
+            lambda: lib.vram_malloc_ex(ctypes.byref(ptr), nbytes, tag_id, ctypes.byref(generation)),
+            nbytes=nbytes,
+            device=where,
+        )
+        check(status, f"allocating {nbytes} bytes")
+    leaks.remember(generation.value)
     return DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))
 
 

@@ -90,6 +90,41 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from . import exporter
+
+    if args.backend:
+        device.use_backend(args.backend)
+    exporter.start_http_server(args.port, args.addr)
+    print(f"vramobs: backend {device.backend()}; serving http://{args.addr}:{args.port}/metrics")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    if args.backend:
+        device.use_backend(args.backend)
+    try:
+        device.device_count()
+    except VramError as exc:
+        print(f"vramobs: {exc}", file=sys.stderr)
+        print(
+            "vramobs: the demo needs a GPU; on a machine without one, run "
+            "`vramobs demo --backend host` (device memory emulated in host RAM).",
+            file=sys.stderr,
+        )
+        return 1
+    return demo.run(port=args.port, addr=args.addr, duration=args.duration, rate=args.rate,
+                    leak=args.leak)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vramobs", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vramobs {__version__}")
@@ -104,6 +139,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=float, default=0.4, help="seconds per case (default 0.4)")
     bench.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     bench.set_defaults(run=_bench)
+    for name, run, text in (
+        ("serve", _serve, "serve /metrics and /healthz"),
+        ("demo", _demo, "run an inference-like workload while serving /metrics"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--backend", choices=("cuda", "host"), help="select a backend explicitly")
+        command.add_argument("--port", type=int, default=9405, help="HTTP port (default 9405)")
+        command.add_argument("--addr", default="0.0.0.0", help="address to listen on")
+        command.set_defaults(run=run)
+        if name == "demo":
+            command.add_argument("--duration", type=float, help="seconds to run (default: until ^C)")
+            command.add_argument("--rate", type=float, default=20.0, help="requests per second")
+            command.add_argument("--leak", action="store_true", help="plant leaks to find")
     return parser
 
 

@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional
 
 from . import _native
 from .errors import InvalidArgumentError, check
+from .tracing import traced
 
 __all__ = [
     "MemInfo",
@@ -100,8 +101,15 @@ class _on_device:
 def get_info(device: Optional[int] = None) -> MemInfo:
     """Free and total memory of a device (this thread's device by default)."""
     free_bytes, total_bytes = ctypes.c_size_t(), ctypes.c_size_t()
+    lib = _native.lib()
     with _on_device(device):
-        check(_native.lib().vram_get_info(ctypes.byref(free_bytes), ctypes.byref(total_bytes)))
+        status = traced(
+            "get_info",
+            lambda: lib.vram_get_info(ctypes.byref(free_bytes), ctypes.byref(total_bytes)),
+            nbytes=0,
+            device=current_device() if device is None else device,
+        )
+        check(status)
     return MemInfo(free_bytes.value, total_bytes.value)
 
 

@@ -33,7 +33,7 @@ class Histogram:
 
     bounds: tuple[float, ...]
     counts: tuple[int, ...]
-    total: float  # sum of observations, where kept
+    total: float  # sum of observations
 
     @property
     def count(self) -> int:
@@ -119,7 +119,7 @@ def op_stats(device: int = -1) -> dict[str, OpStats]:
             latency_error=Histogram(latency, tuple(s.latency_error), s.latency_error_sum_ns / 1e9),
             bytes_ok=s.bytes_ok,
             size_ok=Histogram(size, tuple(s.size_ok), float(s.bytes_ok)),
-            bandwidth_ok=Histogram(bandwidth, tuple(s.bandwidth_ok), float("nan")),
+            bandwidth_ok=Histogram(bandwidth, tuple(s.bandwidth_ok), float(s.bandwidth_ok_sum)),
         )
     return result
 

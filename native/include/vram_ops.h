@@ -267,6 +267,7 @@ typedef struct vram_op_stats {
     uint64_t bytes_ok;
     uint64_t size_ok[VRAM_SIZE_BUCKETS];
     uint64_t bandwidth_ok[VRAM_BANDWIDTH_BUCKETS]; /* copies only */
+    uint64_t bandwidth_ok_sum;                     /* bytes/s summed over those copies */
 } vram_op_stats;
 
 typedef struct vram_stats {

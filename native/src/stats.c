@@ -29,10 +29,13 @@ static int size_bucket(uint64_t bytes) {
     return b < VRAM_SIZE_BUCKETS - 1 ? b : VRAM_SIZE_BUCKETS - 1;
 }
 
-static int bandwidth_bucket(uint64_t bytes, uint64_t ns) {
+static uint64_t bytes_per_second(uint64_t bytes, uint64_t ns) {
     unsigned __int128 bps = (unsigned __int128)bytes * 1000000000u / (ns ? ns : 1);
-    uint64_t clamped = bps > UINT64_MAX ? UINT64_MAX : (uint64_t)bps;
-    int b = ceil_log2(clamped) - 20;
+    return bps > UINT64_MAX ? UINT64_MAX : (uint64_t)bps;
+}
+
+static int bandwidth_bucket(uint64_t bps) {
+    int b = ceil_log2(bps) - 20;
     if (b < 0) return 0;
     return b < VRAM_BANDWIDTH_BUCKETS - 1 ? b : VRAM_BANDWIDTH_BUCKETS - 1;
 }
@@ -70,8 +73,11 @@ void vram_stats_record(int device, vram_op op, int status, vram_reason reason, s
         if (bytes) {
             bump(&s->bytes_ok, bytes);
             bump(&s->size_ok[size_bucket(bytes)], 1);
-            if (op == VRAM_OP_MEMCPY_H2D || op == VRAM_OP_MEMCPY_D2H)
-                bump(&s->bandwidth_ok[bandwidth_bucket(bytes, elapsed_ns)], 1);
+            if (op == VRAM_OP_MEMCPY_H2D || op == VRAM_OP_MEMCPY_D2H) {
+                uint64_t bps = bytes_per_second(bytes, elapsed_ns);
+                bump(&s->bandwidth_ok[bandwidth_bucket(bps)], 1);
+                bump(&s->bandwidth_ok_sum, bps);
+            }
         }
     } else {
         bump(&s->latency_error[latency_bucket(elapsed_ns)], 1);

@@ -297,7 +297,11 @@ def test_alloc_with_invalid_tag_is_refused_before_c(op_watch, tag):
 def test_garbage_collected_buffer_is_freed_with_resource_warning():
     before = stats.registry_stats()
     buf = vramobs.alloc(2048)
-    with pytest.warns(ResourceWarning, match="2048 bytes was garbage-collected without close"):
+    with pytest.warns(
+        ResourceWarning,
+        match=r"2048 bytes on device 0 was garbage-collected without close\(\); "
+        r"allocated at .*test_buffer\.py:\d+ in test_garbage_collected",
+    ):
         del buf
         gc.collect()
     after = stats.registry_stats()
