@@ -35,6 +35,7 @@ class _PyBuffer(ctypes.Structure):
 
 
 _get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+# ctypes passes a _PyBuffer instance by reference where the argtype is a pointer to it.
 _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
 _get_buffer.restype = ctypes.c_int
 _release_buffer = ctypes.pythonapi.PyBuffer_Release
@@ -42,20 +43,29 @@ _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
 _release_buffer.restype = None
 
 
-@contextmanager
-def borrowed(obj: object, *, writable: bool) -> Iterator[tuple[int, int]]:
-    """Yield ``(address, nbytes)`` of obj's contiguous memory while it stays exported."""
+def acquire(obj: object, writable: bool) -> _PyBuffer:
+    """Export obj's contiguous memory (``.buf``, ``.len``); pair with :func:`release`."""
     view = _PyBuffer()
-    flags = _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE
     try:
-        _get_buffer(obj, ctypes.byref(view), flags)
+        _get_buffer(obj, view, _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE)
     except (BufferError, TypeError, ValueError) as exc:
         need = "a writable, C-contiguous" if writable else "a C-contiguous"
         raise InvalidArgumentError(
             f"host buffer must be {need} buffer-protocol object, got {type(obj).__name__}: {exc}",
             reason="host_buffer",
         ) from exc
+    return view
+
+
+def release(view: _PyBuffer) -> None:
+    _release_buffer(view)
+
+
+@contextmanager
+def borrowed(obj: object, *, writable: bool) -> Iterator[tuple[int, int]]:
+    """Yield ``(address, nbytes)`` of obj's contiguous memory while it stays exported."""
+    view = acquire(obj, writable)
     try:
         yield view.buf or 0, view.len
     finally:
-        _release_buffer(ctypes.byref(view))
+        release(view)

@@ -151,6 +151,58 @@ def run(copy_sizes=COPY_SIZES, alloc_sizes=ALLOC_SIZES, budget_s: float = 0.4) -
     return results
 
 
+def overhead(budget_s: float = 0.4) -> list[tuple[str, float, float]]:
+    """(what, bare ctypes call seconds, vramobs API seconds) with spans off: what the Python
+    layer (argument checks, buffer objects, leak sites) adds to the binding call."""
+    import ctypes
+
+    from . import _native, get_info, tracing
+
+    lib = _native.lib()
+    tracing.configure(enabled=False)
+    n = 4096
+    host = np.random.default_rng().integers(0, 256, n, dtype=np.uint8)
+    address = host.ctypes.data
+    ptr, free_b, total_b = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_size_t()
+    rows = []
+    with alloc(n) as buf:
+        dev = buf.ptr
+        rows.append(("copy_from 4 KiB", _median(lambda: lib.vram_memcpy_h2d(dev, address, n), budget_s),
+                     _median(lambda: buf.copy_from(host), budget_s)))
+        rows.append(("copy_to 4 KiB", _median(lambda: lib.vram_memcpy_d2h(address, dev, n), budget_s),
+                     _median(lambda: buf.copy_to(host), budget_s)))
+
+    def bare_pair() -> None:
+        lib.vram_malloc(ctypes.byref(ptr), n)
+        lib.vram_free(ptr)
+
+    rows.append(("alloc+close 4 KiB", _median(bare_pair, budget_s), _median(lambda: alloc(n).close(), budget_s)))
+    rows.append(("get_info", _median(lambda: lib.vram_get_info(ctypes.byref(free_b), ctypes.byref(total_b)), budget_s),
+                 _median(get_info, budget_s)))
+    tracing.configure(enabled=True)
+    return rows
+
+
+def scrape_seconds(live: int = 100_000) -> float:
+    """Median time to render /metrics with ``live`` allocations live."""
+    from prometheus_client import generate_latest
+
+    from .exporter import default_registry
+
+    addresses = []
+    try:
+        for _ in range(live):
+            status, address = raw.malloc(256)
+            if status != 0:
+                raise RuntimeError(f"allocation {len(addresses)} failed with status {status}")
+            addresses.append(address)
+        registry = default_registry()
+        return _median(lambda: generate_latest(registry), budget_s=1.0)
+    finally:
+        for address in addresses:
+            raw.free(address)
+
+
 def _size(n: int) -> str:
     for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if n >= scale:

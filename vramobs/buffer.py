@@ -9,52 +9,27 @@ ResourceWarning names the code that allocated it).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import warnings
-import weakref
 from typing import Any, Optional
 
-from . import _hostbuf, _native, leaks, tags
-from .device import _on_device
+from . import _hostbuf, _native, leaks, tags, tracing
+from .device import _on_device, current_device
 from .errors import DeviceFailedError, InvalidArgumentError, OutOfBoundsError, check
-from .tracing import traced
 
 __all__ = ["DeviceBuffer", "alloc", "to_device"]
 
-
-class _Allocation:
-    """What the finalizer needs, held apart from the buffer so it keeps no reference to it."""
-
-    __slots__ = ("address", "nbytes", "generation", "device")
-
-    def __init__(self, address: int, nbytes: int, generation: int, device: int) -> None:
-        self.address = address
-        self.nbytes = nbytes
-        self.generation = generation
-        self.device = device
+# Buffers alive at exit (model weights) go with the process: no warning, no free.
+_exiting = False
 
 
-def _free(allocation: _Allocation) -> int:
-    lib = _native.lib()
-    return traced(
-        "free",
-        lambda: lib.vram_free_ex(allocation.address, allocation.generation),
-        nbytes=allocation.nbytes,
-        device=allocation.device,
-    )
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
 
 
-def _collected(allocation: _Allocation) -> None:
-    """The finalizer of a buffer garbage-collected while open: free it, count it, say where
-    it came from."""
-    _free(allocation)
-    site = leaks.collected(allocation.generation, allocation.device, allocation.nbytes)
-    warnings.warn(
-        f"DeviceBuffer of {allocation.nbytes} bytes on device {allocation.device} was "
-        f"garbage-collected without close(); allocated at {site}",
-        ResourceWarning,
-        stacklevel=2,
-    )
+atexit.register(_at_exit)
 
 
 def _nonnegative(name: str, value: int) -> int:
@@ -71,7 +46,9 @@ class DeviceBuffer:
     such a view keeps the buffer alive.
     """
 
-    __slots__ = ("_allocation", "_finalizer", "_device", "_tag", "__weakref__")
+    # No reference cycles are possible through these slots, so __del__ runs as soon as the
+    # last reference goes (a weakref.finalize would cost a microsecond per buffer).
+    __slots__ = ("_address", "_nbytes", "_generation", "_device", "_tag", "_open", "__weakref__")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DeviceBuffer:
         raise TypeError("DeviceBuffer objects are made by vramobs.alloc() or vramobs.to_device()")
@@ -79,29 +56,52 @@ class DeviceBuffer:
     @classmethod
     def _adopt(cls, address: int, nbytes: int, generation: int, device: int, tag: str) -> DeviceBuffer:
         self = object.__new__(cls)
-        self._allocation = _Allocation(address, nbytes, generation, device)
+        self._address = address
+        self._nbytes = nbytes
+        self._generation = generation
         self._device = device
         self._tag = tag
-        self._finalizer = weakref.finalize(self, _collected, self._allocation)
-        # Buffers alive at exit (model weights) go with the process: no warning, no free.
-        self._finalizer.atexit = False
+        self._open = True
         return self
+
+    def __del__(self) -> None:
+        if getattr(self, "_open", False) and not _exiting:
+            self._open = False
+            self._free()
+            site = leaks.collected(self._generation, self._device, self._nbytes)
+            warnings.warn(
+                f"DeviceBuffer of {self._nbytes} bytes on device {self._device} was "
+                f"garbage-collected without close(); allocated at {site}",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    def _free(self) -> int:
+        free_ex = _native.lib().vram_free_ex
+        if not tracing.active():
+            return free_ex(self._address, self._generation)
+        return tracing.traced(
+            "free",
+            lambda: free_ex(self._address, self._generation),
+            nbytes=self._nbytes,
+            device=self._device,
+        )
 
     # -- identity ----------------------------------------------------------------------------
 
     @property
     def nbytes(self) -> int:
         """Size in bytes, as asked for."""
-        return self._allocation.nbytes
+        return self._nbytes
 
     def __len__(self) -> int:
-        return self._allocation.nbytes
+        return self._nbytes
 
     @property
     def ptr(self) -> int:
         """The device address. Raises ValueError once closed."""
         self._check_open()
-        return self._allocation.address
+        return self._address
 
     @property
     def device(self) -> int:
@@ -114,15 +114,15 @@ class DeviceBuffer:
     @property
     def generation(self) -> int:
         """A number unique to this allocation for the life of the process."""
-        return self._allocation.generation
+        return self._generation
 
     @property
     def closed(self) -> bool:
-        return not self._finalizer.alive
+        return not self._open
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"device={self._device}"
-        return f"<DeviceBuffer {self.nbytes} bytes, {state}, tag={self._tag!r}>"
+        state = "closed" if not self._open else f"device={self._device}"
+        return f"<DeviceBuffer {self._nbytes} bytes, {state}, tag={self._tag!r}>"
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -130,12 +130,13 @@ class DeviceBuffer:
         """Free the device memory. Idempotent. If the driver fails to free it, raises and the
         buffer stays open (close again to retry); if its device failed, the memory is lost
         with the device: the buffer closes and DeviceFailedError is raised."""
-        if self._finalizer.alive:
-            status = _free(self._allocation)
-            if status in (0, DeviceFailedError.code):
-                self._finalizer.detach()
-                leaks.forget(self._allocation.generation)
-            check(status, f"freeing {self.nbytes} bytes")
+        if self._open:
+            status = self._free()
+            if status == 0 or status == DeviceFailedError.code:
+                self._open = False
+                leaks.forget(self._generation)
+            if status:
+                check(status, f"freeing {self._nbytes} bytes")
 
     def __enter__(self) -> DeviceBuffer:
         return self
@@ -144,49 +145,59 @@ class DeviceBuffer:
         self.close()
 
     def _check_open(self) -> None:
-        if not self._finalizer.alive:
+        if not self._open:
             raise ValueError("operation on a closed DeviceBuffer")
 
     # -- copies ------------------------------------------------------------------------------
 
     def _span(self, offset: int, nbytes: int) -> int:
         """Check [offset, offset + nbytes) against the buffer in Python, before C is called."""
-        self._check_open()
-        _nonnegative("offset", offset)
-        if offset + nbytes > self.nbytes:
+        if not self._open:
+            raise ValueError("operation on a closed DeviceBuffer")
+        if type(offset) is not int or offset < 0:
+            _nonnegative("offset", offset)
+        if offset + nbytes > self._nbytes:
             raise OutOfBoundsError(
-                f"{nbytes} bytes at offset {offset} run past the end of a {self.nbytes}-byte buffer",
+                f"{nbytes} bytes at offset {offset} run past the end of a "
+                f"{self._nbytes}-byte buffer",
                 reason="out_of_bounds",
             )
-        return self._allocation.address + offset
+        return self._address + offset
+
+    def _copy(self, to_device: bool, host_object: Any, offset: int) -> None:
+        view = _hostbuf.acquire(host_object, not to_device)
+        try:
+            nbytes = view.len
+            device_address = self._span(offset, nbytes)
+            host = view.buf or 0
+            lib = _native.lib()
+            if to_device:
+                call, args = lib.vram_memcpy_h2d, (device_address, host, nbytes)
+            else:
+                call, args = lib.vram_memcpy_d2h, (host, device_address, nbytes)
+            if tracing.active():
+                op = "memcpy_h2d" if to_device else "memcpy_d2h"
+                status = tracing.traced(op, lambda: call(*args), nbytes=nbytes, device=self._device)
+            else:
+                status = call(*args)
+        finally:
+            _hostbuf.release(view)
+        if status:
+            check(status, f"copy of {nbytes} bytes")
 
     def copy_from(self, src: Any, offset: int = 0) -> None:
         """Copy all of host buffer ``src`` into this buffer, starting at ``offset``."""
-        with _hostbuf.borrowed(src, writable=False) as (host, nbytes):
-            dst = self._span(offset, nbytes)
-            lib = _native.lib()
-            status = traced(
-                "memcpy_h2d", lambda: lib.vram_memcpy_h2d(dst, host, nbytes),
-                nbytes=nbytes, device=self._device,
-            )
-            check(status, f"copy of {nbytes} bytes")
+        self._copy(True, src, offset)
 
     def copy_to(self, dst: Any, offset: int = 0) -> None:
         """Fill all of writable host buffer ``dst`` from this buffer, starting at ``offset``."""
-        with _hostbuf.borrowed(dst, writable=True) as (host, nbytes):
-            src = self._span(offset, nbytes)
-            lib = _native.lib()
-            status = traced(
-                "memcpy_d2h", lambda: lib.vram_memcpy_d2h(host, src, nbytes),
-                nbytes=nbytes, device=self._device,
-            )
-            check(status, f"copy of {nbytes} bytes")
+        self._copy(False, dst, offset)
 
     def to_bytes(self, offset: int = 0, nbytes: Optional[int] = None) -> bytes:
         """Read ``nbytes`` (default: to the end) starting at ``offset`` into new bytes."""
         _nonnegative("offset", offset)
-        count = self.nbytes - offset if nbytes is None else _nonnegative("nbytes", nbytes)
-        if count == 0 and offset <= self.nbytes:
+        count = self._nbytes - offset if nbytes is None else _nonnegative("nbytes", nbytes)
+        if count == 0 and offset <= self._nbytes:
             self._check_open()
             return b""
         out = bytearray(max(count, 0))
@@ -198,7 +209,7 @@ class DeviceBuffer:
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
         return {
-            "shape": (self.nbytes,),
+            "shape": (self._nbytes,),
             "typestr": "|u1",
             "data": (self.ptr, False),
             "version": 3,
@@ -214,31 +225,31 @@ def alloc(nbytes: int, *, device: Optional[int] = None, tag: Optional[str] = Non
     ``tag`` names the owner (``"weights"``, ``"kv_cache"``, ...) from a small declared set.
     Raises OutOfMemoryError, InvalidArgumentError, NoDeviceError or DeviceFailedError.
     """
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool):
-        raise InvalidArgumentError(f"nbytes must be an int, got {nbytes!r}")
+    if type(nbytes) is not int:
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise InvalidArgumentError(f"nbytes must be an int, got {nbytes!r}")
+        nbytes = int(nbytes)
     if not 0 <= nbytes < 1 << 64:
         raise InvalidArgumentError(f"nbytes must be in [1, 2**64), got {nbytes}")
-    tag_id = tags.tag_id(tag)
+    tag_id = 0 if tag is None else tags.tag_id(tag)
     ptr = ctypes.c_void_p()
     generation = ctypes.c_uint64()
-    lib = _native.lib()
+    malloc_ex = _native.lib().vram_malloc_ex
     with _on_device(device):
-        where = device if device is not None else _current(lib)
-        status = traced(
-            "malloc",
-            lambda: lib.vram_malloc_ex(ctypes.byref(ptr), nbytes, tag_id, ctypes.byref(generation)),
-            nbytes=nbytes,
-            device=where,
-        )
-        check(status, f"allocating {nbytes} bytes")
+        where = current_device() if device is None else device
+        if tracing.active():
+            status = tracing.traced(
+                "malloc",
+                lambda: malloc_ex(ptr, nbytes, tag_id, generation),
+                nbytes=nbytes,
+                device=where,
+            )
+        else:
+            status = malloc_ex(ptr, nbytes, tag_id, generation)  # ctypes passes both by reference
+        if status:
+            check(status, f"allocating {nbytes} bytes")
     leaks.remember(generation.value)
     return DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))
-
-
-def _current(lib: ctypes.CDLL) -> int:
-    value = ctypes.c_int()
-    lib.vram_get_device(ctypes.byref(value))
-    return value.value
 
 
 def to_device(data: Any, *, device: Optional[int] = None, tag: Optional[str] = None) -> DeviceBuffer:

@@ -84,6 +84,12 @@ def _bench(args: argparse.Namespace) -> int:
     results = bench.run(budget_s=args.budget, **sizes)
     print(f"vramobs {__version__} bench, backend {device.backend()}")
     print(bench.markdown(results))
+    print("\nPython layer, spans off (us per call; overhead = vramobs API - bare ctypes call)")
+    print("| call | bare | vramobs | overhead |\n|---|---|---|---|")
+    for what, bare, ours in bench.overhead(args.budget):
+        print(f"| {what} | {bare * 1e6:.2f} | {ours * 1e6:.2f} | {(ours - bare) * 1e6:.2f} |")
+    live = 1000 if args.quick else 100_000
+    print(f"\nscrape with {live} live allocations: {bench.scrape_seconds(live) * 1e3:.2f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in results], f, indent=1)

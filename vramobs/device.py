@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, Optional
 
-from . import _native
+from . import _native, tracing
 from .errors import InvalidArgumentError, check
-from .tracing import traced
 
 __all__ = [
     "MemInfo",
@@ -67,16 +67,25 @@ def _device_arg(device: int) -> int:
     return device
 
 
+# A mirror of the C library's per-thread device, kept by set_device, so that every
+# allocation need not ask C which device it landed on.
+_thread = threading.local()
+
+
 def current_device() -> int:
     """This thread's device for allocations and queries (default 0)."""
-    value = ctypes.c_int()
-    check(_native.lib().vram_get_device(ctypes.byref(value)))
-    return value.value
+    device = getattr(_thread, "device", None)
+    if device is None:
+        value = ctypes.c_int()
+        check(_native.lib().vram_get_device(ctypes.byref(value)))
+        device = _thread.device = value.value
+    return device
 
 
 def set_device(device: int) -> None:
     """Choose this thread's device for later allocations and queries."""
     check(_native.lib().vram_set_device(_device_arg(device)), f"device {device}")
+    _thread.device = device
 
 
 class _on_device:
@@ -95,7 +104,7 @@ class _on_device:
 
     def __exit__(self, *exc: object) -> None:
         if self._device is not None and self._device != self._previous:
-            _native.lib().vram_set_device(self._previous)
+            set_device(self._previous)
 
 
 def get_info(device: Optional[int] = None) -> MemInfo:
@@ -103,12 +112,16 @@ def get_info(device: Optional[int] = None) -> MemInfo:
     free_bytes, total_bytes = ctypes.c_size_t(), ctypes.c_size_t()
     lib = _native.lib()
     with _on_device(device):
-        status = traced(
-            "get_info",
-            lambda: lib.vram_get_info(ctypes.byref(free_bytes), ctypes.byref(total_bytes)),
-            nbytes=0,
-            device=current_device() if device is None else device,
-        )
+        args = (ctypes.byref(free_bytes), ctypes.byref(total_bytes))
+        if tracing.active():
+            status = tracing.traced(
+                "get_info",
+                lambda: lib.vram_get_info(*args),
+                nbytes=0,
+                device=current_device() if device is None else device,
+            )
+        else:
+            status = lib.vram_get_info(*args)
         check(status)
     return MemInfo(free_bytes.value, total_bytes.value)
 

@@ -23,7 +23,7 @@ try:
 except ImportError:  # opentelemetry-api is optional at run time
     _trace = None
 
-__all__ = ["configure", "traced"]
+__all__ = ["active", "configure", "traced"]
 
 _enabled = True
 _sample_rate = 1.0
@@ -44,11 +44,27 @@ def configure(*, enabled: Optional[bool] = None, sample_rate: Optional[float] = 
         _sample_rate = float(sample_rate)
 
 
-def _active() -> bool:
-    if not _enabled or _trace is None:
+_sdk_seen = False
+
+
+def _provider_is_set() -> bool:
+    """Whether the service installed a real tracer provider. It can be set only once, so a
+    yes is cached; until then this costs one attribute read, not get_tracer_provider()'s
+    environment lookup."""
+    global _sdk_seen
+    if _sdk_seen:
+        return True
+    provider = getattr(_trace, "_TRACER_PROVIDER", _trace)
+    if provider is _trace:  # the private global moved: ask the public API
+        provider = _trace.get_tracer_provider()
+    _sdk_seen = provider is not None and not isinstance(provider, _PROXY_PROVIDERS)
+    return _sdk_seen
+
+
+def active() -> bool:
+    """Whether the next operation is to be traced."""
+    if not _enabled or _trace is None or not _provider_is_set():
         return False
-    if isinstance(_trace.get_tracer_provider(), _PROXY_PROVIDERS):
-        return False  # no SDK configured: nothing would be recorded
     return _sample_rate >= 1.0 or random.random() < _sample_rate
 
 
@@ -84,9 +100,8 @@ def _describe(device: int, status: int) -> dict[str, Any]:
 
 
 def traced(op: str, call: Callable[[], int], *, nbytes: int, device: int) -> int:
-    """Run ``call`` (a C operation returning its status) inside a span, if spans are active."""
-    if not _active():
-        return call()
+    """Run ``call`` (a C operation returning its status) inside a span. Callers check
+    :func:`active` first, so an untraced call builds no closure."""
     with _get_tracer().start_as_current_span(f"vram.{op}", record_exception=False) as span:
         start = time.perf_counter_ns()
         status = call()

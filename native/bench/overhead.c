@@ -1,0 +1,107 @@
+/* What observation costs in C: each vram operation against the bare driver call it wraps,
+ * timed in the same process on the same device. Prints one markdown row per operation.
+ * Run on a GPU: overhead [iterations]. */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cudaTypedefs.h>
+
+#include "vram_ops.h"
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median over rounds of the mean time per call within a round. */
+#define MEDIAN_NS(result, rounds, per_round, body)                  \
+    do {                                                            \
+        double samples_[rounds];                                    \
+        for (int r_ = 0; r_ < (rounds); r_++) {                     \
+            double t0_ = now_ns();                                  \
+            for (int i_ = 0; i_ < (per_round); i_++) { body; }      \
+            samples_[r_] = (now_ns() - t0_) / (per_round);          \
+        }                                                           \
+        qsort(samples_, (rounds), sizeof(double), compare);         \
+        (result) = samples_[(rounds) / 2];                          \
+    } while (0)
+
+#define CHECK(call)                                                         \
+    do {                                                                    \
+        int rc_ = (int)(call);                                              \
+        if (rc_ != 0) {                                                     \
+            fprintf(stderr, "%s failed: %d at line %d\n", #call, rc_, __LINE__); \
+            exit(1);                                                        \
+        }                                                                   \
+    } while (0)
+
+int main(int argc, char **argv) {
+    int per_round = argc > 1 ? atoi(argv[1]) : 2000;
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "no driver: %s\n", dlerror());
+        return 1;
+    }
+    PFN_cuMemAlloc_v3020 mem_alloc = (PFN_cuMemAlloc_v3020)dlsym(lib, "cuMemAlloc_v2");
+    PFN_cuMemFree_v3020 mem_free = (PFN_cuMemFree_v3020)dlsym(lib, "cuMemFree_v2");
+    PFN_cuMemcpyHtoD_v3020 htod = (PFN_cuMemcpyHtoD_v3020)dlsym(lib, "cuMemcpyHtoD_v2");
+    PFN_cuMemcpyDtoH_v3020 dtoh = (PFN_cuMemcpyDtoH_v3020)dlsym(lib, "cuMemcpyDtoH_v2");
+    PFN_cuMemGetInfo_v3020 get_info = (PFN_cuMemGetInfo_v3020)dlsym(lib, "cuMemGetInfo_v2");
+    PFN_cuCtxSetCurrent_v4000 set_current = (PFN_cuCtxSetCurrent_v4000)dlsym(lib, "cuCtxSetCurrent");
+    PFN_cuDevicePrimaryCtxRetain_v7000 retain =
+        (PFN_cuDevicePrimaryCtxRetain_v7000)dlsym(lib, "cuDevicePrimaryCtxRetain");
+
+    /* vramobs first: it initialises the driver and retains the primary context. */
+    size_t free_b, total_b;
+    CHECK(vram_get_info(&free_b, &total_b));
+    CUcontext ctx;
+    CHECK(retain(&ctx, 0));
+    CHECK(set_current(ctx)); /* the same context vramobs uses: no push/pop on either side */
+
+    enum { SIZE = 4096, ROUNDS = 31 };
+    char *host = malloc(SIZE);
+    for (int i = 0; i < SIZE; i++) host[i] = (char)(rand() & 0xff);
+    CUdeviceptr dptr;
+    void *vptr;
+    CHECK(mem_alloc(&dptr, SIZE));
+    CHECK(vram_malloc(&vptr, SIZE));
+
+    double raw, ours;
+    printf("| operation (4 KiB) | driver ns | vramobs ns | overhead ns |\n|---|---|---|---|\n");
+    MEDIAN_NS(raw, ROUNDS, per_round, CHECK(htod(dptr, host, SIZE)));
+    MEDIAN_NS(ours, ROUNDS, per_round, CHECK(vram_memcpy_h2d(vptr, host, SIZE)));
+    printf("| memcpy_h2d | %.0f | %.0f | %.0f |\n", raw, ours, ours - raw);
+    MEDIAN_NS(raw, ROUNDS, per_round, CHECK(dtoh(host, dptr, SIZE)));
+    MEDIAN_NS(ours, ROUNDS, per_round, CHECK(vram_memcpy_d2h(host, vptr, SIZE)));
+    printf("| memcpy_d2h | %.0f | %.0f | %.0f |\n", raw, ours, ours - raw);
+    MEDIAN_NS(raw, ROUNDS, per_round, CHECK(get_info(&free_b, &total_b)));
+    MEDIAN_NS(ours, ROUNDS, per_round, CHECK(vram_get_info(&free_b, &total_b)));
+    printf("| get_info | %.0f | %.0f | %.0f |\n", raw, ours, ours - raw);
+    CUdeviceptr tmp;
+    void *vtmp;
+    MEDIAN_NS(raw, ROUNDS, per_round / 10, {
+        CHECK(mem_alloc(&tmp, SIZE));
+        CHECK(mem_free(tmp));
+    });
+    MEDIAN_NS(ours, ROUNDS, per_round / 10, {
+        CHECK(vram_malloc(&vtmp, SIZE));
+        CHECK(vram_free(vtmp));
+    });
+    printf("| malloc+free | %.0f | %.0f | %.0f |\n", raw, ours, ours - raw);
+    /* The registry's own cost: a refused copy touches no driver. */
+    MEDIAN_NS(ours, ROUNDS, per_round, (void)vram_memcpy_h2d((char *)vptr + SIZE - 8, host, 16));
+    printf("| refused copy (bounds) | - | %.0f | - |\n", ours);
+    CHECK(mem_free(dptr));
+    CHECK(vram_free(vptr));
+    free(host);
+    return 0;
+}
