@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # The test command (README, CI): build vramobs from this checkout into .venv, then run the
 # CPU suite (pytest, host backend and driverless CUDA backend) and the Rust FFI tests.
-# Needs python3, a C compiler, cargo; CMake and ninja come from PyPI if missing.
+# Needs python3, a C compiler, cargo; CMake and ninja come from PyPI if missing; Prometheus
+# (prometheus, promtool) and docker-compose (for `config`) come from Debian's packages.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+   || ! command -v docker-compose >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      prometheus docker-compose >/dev/null
+  else
+    echo "tests/run.sh: install Debian's prometheus and docker-compose packages first" >&2
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # Warnings are errors here, so CI keeps the shim warning-free.

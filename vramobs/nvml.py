@@ -93,5 +93,9 @@ class NvmlReader:
         for process in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if process.pid == pid:
                 used = process.usedGpuMemory
-                return None if used is None or used == nvml.NVML_VALUE_NOT_AVAILABLE else used
+                return None if used is None or used == _NOT_AVAILABLE else used
         return None
+
+
+# NVML's NVML_VALUE_NOT_AVAILABLE for unsigned long long figures; not every pynvml exports it.
+_NOT_AVAILABLE = (1 << 64) - 1

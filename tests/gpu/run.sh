@@ -9,8 +9,8 @@ out=${1:-${OUT:-/tmp/vramobs-gpu}}
 mkdir -p "$out"
 site=$(mktemp -d)
 wheel=$(ls "$repo"/dist/vramobs-*-py3-none-*.whl)
-python3 -m pip install -q --no-index --no-deps --target "$site" "$wheel" \
-  || python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$site"
+python3 -m pip install -q --no-index --no-deps --target "$site" "$wheel" "$repo"/.whl/*.whl \
+  || exit 1
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" VRAMOBS_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
 cd "$site"  # never import the source tree
 python3 -c "import vramobs; print('vramobs', vramobs.__version__, 'from', vramobs.__file__)"
@@ -30,6 +30,23 @@ except Exception as exc:
 PY
 )
 
+# A real Prometheus scraping the demo on the GPU: every dashboard panel must show data.
+dpkg -x "$(ls "$repo"/.carry/prometheus_*.deb)" "$site/prometheus-pkg"
+PROMETHEUS="$site/prometheus-pkg/usr/bin/prometheus" VRAMOBS_E2E_BACKEND=cuda \
+  python3 -m pytest "$repo/tests/cpu/test_prometheus_e2e.py" -q -p no:cacheprovider \
+  --junitxml "$out/e2e.xml" 2>&1 | tee "$out/e2e.log"
+e2e_line=$(python3 - "$out/e2e.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    s = ET.parse(sys.argv[1]).getroot()
+    s = s if s.tag == "testsuite" else s.find("testsuite")
+    t, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
+    print(f"prometheus e2e {t - f - e - k} passed, {f + e} failed, {k} skipped")
+except Exception as exc:
+    print(f"prometheus e2e did not report ({exc})")
+PY
+)
+
 rust_passed=0 rust_failed=0
 for binary in "$repo"/.carry/ffi/*; do
   [ -x "$binary" ] || continue
@@ -46,5 +63,8 @@ PY
 
 python3 -m vramobs bench --json "$out/bench.json" 2>&1 | tee "$out/bench.md"
 bench_status=${PIPESTATUS[0]}
+echo "C: observation's cost per call, vramobs against the bare driver call (same process)"
+LD_LIBRARY_PATH="$site/vramobs" "$repo"/.carry/bench/vram_overhead 20000 2>&1 | tee -a "$out/bench.md"
+[ "${PIPESTATUS[0]}" -eq 0 ] || bench_status=1
 
-echo "GPU SUITE: $pytest_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"
+echo "GPU SUITE: $pytest_line; $e2e_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"
