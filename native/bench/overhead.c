@@ -97,6 +97,9 @@ int main(int argc, char **argv) {
         CHECK(vram_free(vtmp));
     });
     printf("| malloc+free | %.0f | %.0f | %.0f |\n", raw, ours, ours - raw);
+    struct timespec ts;
+    MEDIAN_NS(ours, ROUNDS, per_round, clock_gettime(CLOCK_MONOTONIC, &ts));
+    printf("| clock_gettime (2 per call) | - | %.0f | - |\n", ours);
     /* The registry's own cost: a refused copy touches no driver. */
     MEDIAN_NS(ours, ROUNDS, per_round, (void)vram_memcpy_h2d((char *)vptr + SIZE - 8, host, 16));
     printf("| refused copy (bounds) | - | %.0f | - |\n", ours);

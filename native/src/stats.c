@@ -30,8 +30,9 @@ static int size_bucket(uint64_t bytes) {
 }
 
 static uint64_t bytes_per_second(uint64_t bytes, uint64_t ns) {
-    unsigned __int128 bps = (unsigned __int128)bytes * 1000000000u / (ns ? ns : 1);
-    return bps > UINT64_MAX ? UINT64_MAX : (uint64_t)bps;
+    /* Floating point: a 128-bit integer division would cost more than the rest of a record. */
+    double bps = (double)bytes * 1e9 / (double)(ns ? ns : 1);
+    return bps >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)bps;
 }
 
 static int bandwidth_bucket(uint64_t bps) {
