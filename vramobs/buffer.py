@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import threading
 import warnings
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ __all__ = ["DeviceBuffer", "alloc", "to_device"]
 
 # Buffers alive at exit (model weights) go with the process: no warning, no free.
 _exiting = False
+_closing = threading.Lock()
 
 
 def _at_exit() -> None:
@@ -130,13 +132,17 @@ class DeviceBuffer:
         """Free the device memory. Idempotent. If the driver fails to free it, raises and the
         buffer stays open (close again to retry); if its device failed, the memory is lost
         with the device: the buffer closes and DeviceFailedError is raised."""
-        if self._open:
-            status = self._free()
-            if status == 0 or status == DeviceFailedError.code:
-                self._open = False
-                leaks.forget(self._generation)
-            if status:
-                check(status, f"freeing {self._nbytes} bytes")
+        with _closing:  # one closer frees; the others find it closed
+            if not self._open:
+                return
+            self._open = False
+        status = self._free()
+        if status == 0 or status == DeviceFailedError.code:
+            leaks.forget(self._generation)
+        else:
+            self._open = True  # still allocated: closing again retries
+        if status:
+            check(status, f"freeing {self._nbytes} bytes")
 
     def __enter__(self) -> DeviceBuffer:
         return self

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 
 from . import __version__, _native, device, leaks, stats, tags
 from .errors import VramError
-from .nvml import NvmlReader
+from .nvml import NvmlMemory, NvmlReader
 
 __all__ = ["VramCollector"]
 
@@ -67,8 +67,13 @@ class VramCollector:
         self,
         registry: Optional[CollectorRegistry] = REGISTRY,
         nvml: Optional[NvmlReader] = None,
+        max_age: float = 1.0,
     ) -> None:
-        self._nvml = nvml if nvml is not None else NvmlReader()
+        """``max_age``: how long a reading of device memory (cudaMemGetInfo and NVML, taken
+        together) serves later scrapes, so that scrapes in a burst query the device once."""
+        self._nvml = nvml if nvml is not None else NvmlReader(max_age)
+        self._max_age = max_age
+        self._readings: dict[int, tuple[float, Optional[device.MemInfo], Optional[NvmlMemory]]] = {}
         self._context_bytes: dict[str, int] = {}
         self._calibrate_context()
         if registry is not None:
@@ -291,15 +296,10 @@ class VramCollector:
             if dev.state is not device.DeviceState.USABLE:
                 continue  # a failed device is not queried: its driver calls would fail or hang
             labels = dev.labels
-            try:
-                cuda = device.get_info(dev.ordinal)
-            except VramError as exc:
-                log.warning("cudaMemGetInfo on device %d failed: %s", dev.ordinal, exc)
-                cuda = None
+            cuda, nvml = self._reading(dev)
             if cuda is not None:
                 for state, value in (("free", cuda.free), ("used", cuda.used), ("total", cuda.total)):
                     memory.add_metric(labels + ["cuda", state], value)
-            nvml = self._nvml.memory(dev.uuid) if dev.uuid.startswith("GPU-") else None
             if nvml is None:
                 continue
             answered = True
@@ -316,6 +316,22 @@ class VramCollector:
                 unattributed.add_metric(labels, nvml.process_used - tracked - ctx)
         nvml_up.add_metric([], 1 if answered else 0)
         yield from (memory, discrepancy, process, unattributed, context, nvml_up)
+
+
+    def _reading(self, dev: _Device) -> tuple[Optional[device.MemInfo], Optional[NvmlMemory]]:
+        """cudaMemGetInfo and NVML for a device, read together at most once per max_age."""
+        now = time.monotonic()
+        cached = self._readings.get(dev.ordinal)
+        if cached is not None and now - cached[0] < self._max_age:
+            return cached[1], cached[2]
+        try:
+            cuda: Optional[device.MemInfo] = device.get_info(dev.ordinal)
+        except VramError as exc:
+            log.warning("cudaMemGetInfo on device %d failed: %s", dev.ordinal, exc)
+            cuda = None
+        nvml = self._nvml.memory(dev.uuid) if dev.uuid.startswith("GPU-") else None
+        self._readings[dev.ordinal] = (now, cuda, nvml)
+        return cuda, nvml
 
 
 def _label_sets() -> tuple[list[tuple[str, str]], list[str]]:

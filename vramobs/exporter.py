@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
+from ._native import NativeLibraryError
 from .collector import VramCollector
 from .device import DeviceState, device_count, device_state
 from .errors import VramError
@@ -43,7 +44,7 @@ def health() -> tuple[bool, str]:
     """(healthy, reason): healthy while every device is usable."""
     try:
         count = device_count()
-    except VramError as exc:
+    except (VramError, NativeLibraryError) as exc:
         return False, f"no device: {exc}"
     failed = [d for d in range(count) if device_state(d) is not DeviceState.USABLE]
     if failed:

@@ -19,7 +19,7 @@ MIB, GIB = 1 << 20, 1 << 30
 def scrape(cuda_device: vramobs.DeviceInfo):  # type: ignore[no-untyped-def]
     """A collector with a real NVML reader; returns a reader of one device's samples."""
     registry = CollectorRegistry(auto_describe=False)
-    VramCollector(registry, nvml=NvmlReader(max_age=0.0))
+    VramCollector(registry, nvml=NvmlReader(max_age=0.0), max_age=0.0)
 
     def sample(name: str, **labels: str) -> float:
         if name != "vramobs_nvml_up":  # the one family without device labels
