@@ -104,7 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.backend:
         device.use_backend(args.backend)
     exporter.start_http_server(args.port, args.addr)
-    print(f"vramobs: backend {device.backend()}; serving http://{args.addr}:{args.port}/metrics")
+    print(f"vramobs: backend {device.backend()}; serving http://{args.addr}:{args.port}/metrics",
+          flush=True)
     try:
         while True:
             time.sleep(3600)

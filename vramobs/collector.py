@@ -137,12 +137,14 @@ class VramCollector:
         yield duration
 
     def _collect(self) -> Iterator[Metric]:
-        backend = device.backend() if _native.native_available() else "unavailable"
+        available = _native.native_available()
         build = GaugeMetricFamily(
             "vramobs_build_info", "vramobs version and backend", labels=["version", "backend"]
         )
-        build.add_metric([__version__, backend], 1)
+        build.add_metric([__version__, device.backend() if available else "unavailable"], 1)
         yield build
+        if not available:
+            return  # libvram_ops cannot load: nothing more to say, and nothing to log per scrape
         devices = self._devices()
         yield from self._device_state(devices)
         yield from self._operations(devices)

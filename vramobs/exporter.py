@@ -46,9 +46,16 @@ def health() -> tuple[bool, str]:
         count = device_count()
     except (VramError, NativeLibraryError) as exc:
         return False, f"no device: {exc}"
-    failed = [d for d in range(count) if device_state(d) is not DeviceState.USABLE]
-    if failed:
-        return False, f"devices failed (restart the process): {failed}"
+    states = [device_state(d) for d in range(count)]
+    failed = [d for d, s in enumerate(states) if s is DeviceState.FAILED]
+    unavailable = [d for d, s in enumerate(states) if s is DeviceState.UNAVAILABLE]
+    if failed or unavailable:
+        reasons = []
+        if failed:
+            reasons.append(f"devices failed (restart the process): {failed}")
+        if unavailable:
+            reasons.append(f"devices unavailable: {unavailable}")
+        return False, "; ".join(reasons)
     return True, f"{count} devices usable"
 
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Optional
 from . import stats
 
 __all__ = ["LeakError", "LeakReport", "track_stacks", "leak_report", "leak_check", "counts"]
@@ -107,16 +108,18 @@ class LeakReport:
         return "\n".join(lines)
 
 
-def _live(device: int = -1) -> list[LiveBuffer]:
+def _live(device: int = -1, tag: Optional[str] = None) -> list[LiveBuffer]:
     return [
         LiveBuffer(a.nbytes, a.age_seconds, a.device, a.tag, a.generation, where(a.generation))
         for a in stats.live_allocations(device)
+        if tag is None or a.tag == tag
     ]
 
 
-def leak_report(limit: int = 10, device: int = -1) -> LeakReport:
-    """The ``limit`` largest and ``limit`` oldest live allocations, with their stacks."""
-    live = _live(device)
+def leak_report(limit: int = 10, device: int = -1, tag: Optional[str] = None) -> LeakReport:
+    """The ``limit`` largest and ``limit`` oldest live allocations (of one owner ``tag``, if
+    given), with where they were made."""
+    live = _live(device, tag)
     return LeakReport(
         live_count=len(live),
         live_bytes=sum(b.nbytes for b in live),
