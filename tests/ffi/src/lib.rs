@@ -22,7 +22,6 @@
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -76,6 +75,8 @@ pub const VRAM_OP_MEMCPY_H2D: i32 = 2;
 pub const VRAM_OP_MEMCPY_D2H: i32 = 3;
 pub const VRAM_OP_GET_INFO: i32 = 4;
 pub const VRAM_OP_COUNT_: i32 = 5;
+/// Not an operation: device and backend queries (in `vram_error_info.op`).
+pub const VRAM_OP_NONE: i32 = -1;
 
 /// `vram_device_state`.
 pub const VRAM_DEVICE_USABLE: c_int = 0;
@@ -94,7 +95,8 @@ pub const VRAM_FREED_MEMORY: usize = 65536;
 // Structs of the header.
 // ---------------------------------------------------------------------------------------------
 
-/// The last failed call on this thread (`vram_last_error`).
+/// The last failed call on this thread (`vram_last_error`): every function that returns a
+/// failure sets it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct vram_error_info {
@@ -102,7 +104,7 @@ pub struct vram_error_info {
     pub status: i32,
     /// `vram_reason` for refusals, else 0
     pub reason: i32,
-    /// `vram_op`
+    /// `vram_op`, or VRAM_OP_NONE for calls that are not operations
     pub op: i32,
     /// the driver's code (CUresult) when a driver call failed, else 0
     pub driver_error: i32,
@@ -253,7 +255,7 @@ pub fn reason_name(reason: c_int) -> &'static str {
     static_str(unsafe { vram_reason_name(reason) }, "vram_reason_name")
 }
 
-/// `vram_op_name(op)`, e.g. "memcpy_h2d".
+/// `vram_op_name(op)`, e.g. "memcpy_h2d"; "none" for VRAM_OP_NONE.
 pub fn op_name(op: c_int) -> &'static str {
     static_str(unsafe { vram_op_name(op) }, "vram_op_name")
 }
@@ -284,8 +286,9 @@ pub fn last_error() -> vram_error_info {
 /// `vram_registry_stats_get(device)`; panics unless it succeeds.
 pub fn registry_stats(device: c_int) -> vram_registry_stats {
     let mut s = vram_registry_stats::default();
-    let status =
-        unsafe { vram_registry_stats_get(device, &mut s, std::mem::size_of::<vram_registry_stats>()) };
+    let status = unsafe {
+        vram_registry_stats_get(device, &mut s, std::mem::size_of::<vram_registry_stats>())
+    };
     assert_status(status, VRAM_SUCCESS, "vram_registry_stats_get");
     s
 }
@@ -475,27 +478,30 @@ impl XorShift64 {
         Self { state: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed } }
     }
 
-    /// Seeded from `VRAMOBS_TEST_SEED` if set, else from the clock, distinct per call; the seed
-    /// is printed so that a failure can be replayed.
-    pub fn from_time(test: &str) -> Self {
-        static CALLS: AtomicU64 = AtomicU64::new(0);
+    /// Seeded from `VRAMOBS_TEST_SEED` (decimal or 0x-hex) if set, else from the clock, mixed
+    /// with `name` so that threads and tests differ. The seed is printed (libtest shows it when
+    /// the test fails): rerun with VRAMOBS_TEST_SEED=<base> to replay.
+    pub fn from_time(name: &str) -> Self {
         let base = match std::env::var("VRAMOBS_TEST_SEED") {
-            Ok(s) => s
-                .trim()
-                .trim_start_matches("0x")
-                .parse::<u64>()
-                .ok()
-                .or_else(|| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
-                .unwrap_or_else(|| panic!("VRAMOBS_TEST_SEED='{s}' is not a number")),
+            Ok(s) => {
+                let t = s.trim();
+                match t.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => t.parse::<u64>().ok(),
+                }
+                .unwrap_or_else(|| panic!("VRAMOBS_TEST_SEED='{s}' is not a number"))
+            }
             Err(_) => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0x5EED),
         };
-        let call = CALLS.fetch_add(1, Ordering::Relaxed);
-        let seed = base ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        eprintln!("{test}: seed {seed:#x} (base {base}, call {call}; VRAMOBS_TEST_SEED={base})");
-        Self::new(seed)
+        // FNV-1a of the name.
+        let salt = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+        });
+        eprintln!("{name}: VRAMOBS_TEST_SEED={base}");
+        Self::new(base ^ salt)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -545,6 +551,9 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 /// Panic with the first differing offset unless `actual == expected`.
 #[track_caller]
 pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
+    if actual == expected {
+        return; // memcmp: fast even in debug builds
+    }
     if let Some(i) = first_difference(actual, expected) {
         panic!(
             "{what}: {} bytes differ at offset {i} of {} (got {:#04x}, expected {:#04x})",
