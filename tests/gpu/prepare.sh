@@ -25,6 +25,7 @@ for line in sys.stdin:
         shutil.copy(msg["executable"], sys.argv[1])
         print("rust test binary:", msg["executable"])
 ' .carry/ffi
+strip .carry/ffi/*  # debug symbols would crowd the carry limit
 cmake -S . -B build/bench -G Ninja -DVRAMOBS_BUILD_BENCH=ON -DVRAMOBS_WERROR=ON \
   -DPython_EXECUTABLE="$repo/build/prepare-venv/bin/python"
 cmake --build build/bench

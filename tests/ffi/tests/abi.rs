@@ -230,7 +230,8 @@ fn every_failing_call_sets_the_last_error() {
     const NULL_P: i32 = VRAM_REASON_NULL_POINTER;
     const BAD_DEV: i32 = VRAM_REASON_INVALID_DEVICE;
     const BAD_NAME: i32 = VRAM_REASON_INVALID_BACKEND;
-    let cases: [(&str, fn() -> c_int, i32); 9] = [
+    type Case = (&'static str, fn() -> c_int, i32);
+    let cases: [Case; 9] = [
         ("vram_device_count(NULL)", || unsafe { vram_device_count(ptr::null_mut()) }, NULL_P),
         (
             "vram_device_state_get(0, NULL)",

@@ -531,6 +531,16 @@ fn generations_free_exactly_their_allocation() {
         assert_status(vram_free_ex(pa, ga + (1 << 40)), 2, "vram_free_ex(a, far future)");
         assert!(live_record(ga).is_some(), "a refused free_ex freed the allocation");
 
+        // An interior or unknown pointer with a live generation frees nothing. (The header
+        // leaves the status open; the library answers 0 today, see README.md.)
+        for (what, p) in
+            [("a + 1", pa.cast::<u8>().wrapping_add(1).cast()), ("0x10", addr(NEVER_ALLOCATED))]
+        {
+            let status = vram_free_ex(p, ga);
+            assert!(matches!(status, 0 | 2 | 5 | 7), "free_ex({what}, ga): {}", describe(status));
+            assert!(live_record(ga).is_some(), "free_ex({what}, ga) freed a");
+        }
+
         // Another allocation's generation does not free this one.
         let status = vram_free_ex(pa, b.generation());
         assert!(matches!(status, 0 | 2), "free_ex(a, b's generation): {}", describe(status));
