@@ -20,11 +20,16 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # Warnings are errors here, so CI keeps the shim warning-free.
 .venv/bin/pip install -q --config-settings=cmake.define.VRAMOBS_WERROR=ON ".[test]"
-.venv/bin/pytest
-
-# The Rust crate links the very library the wheel installed.
+# The Rust crate links the very library the wheel installed, and runs against the host
+# backend, the CUDA backend without a driver, and the CUDA backend over the fake driver.
 lib_dir=$(cd / && "$repo/.venv/bin/python" -c \
   "import os, vramobs._native as n; n.lib(); print(os.path.dirname(n.library_path()))")
 export VRAMOBS_LIB_DIR="$lib_dir"
-VRAMOBS_BACKEND=host cargo test --offline --manifest-path tests/ffi/Cargo.toml
-VRAMOBS_CUDA_DRIVER=/nonexistent/libcuda.so.1 cargo test --offline --manifest-path tests/ffi/Cargo.toml
+PYTHON="$repo/.venv/bin/python" bash tests/fakecuda/build.sh build/fakecuda
+cargo=(cargo test --offline --manifest-path tests/ffi/Cargo.toml)
+VRAMOBS_BACKEND=host "${cargo[@]}"
+VRAMOBS_CUDA_DRIVER=/nonexistent/libcuda.so.1 "${cargo[@]}"
+VRAMOBS_CUDA_DRIVER="$repo/build/fakecuda/libfakecuda.so" "${cargo[@]}"
+
+# Last, so that its summary closes the run.
+.venv/bin/pytest

@@ -162,9 +162,9 @@ VRAM_API int vram_get_info(size_t *free_bytes, size_t *total_bytes);
  * unique to this allocation for the life of the process. generation may be NULL. */
 VRAM_API int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation);
 
-/* Free ptr only if its live allocation is the one of this generation; if that generation is
- * no longer live (freed by anyone, its address possibly reused) -> success, nothing freed.
- * A generation never handed out -> 2. */
+/* Free exactly the allocation of this generation. If that generation is no longer live
+ * (freed by anyone, its address possibly reused) -> success, nothing freed. If it is live
+ * but not at ptr, or was never handed out -> 2 (reason invalid_generation); nothing freed. */
 VRAM_API int vram_free_ex(void *ptr, uint64_t generation);
 
 /* Devices. The device chosen applies to this thread's later vram_malloc and vram_get_info;

@@ -6,6 +6,7 @@
  * freed memory. Freed addresses are remembered in a ring of VRAM_FREED_MEMORY tombstones for
  * idempotent free; the oldest is forgotten first. */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@
 
 struct vram_entry {
     vram_addrmap_node node; /* first: the map hands back this address */
+    vram_addrmap_node by_generation; /* in g_generations, keyed by generation */
     vram_entry *prev, *next; /* allocation order on its device */
     const vram_backend *backend;
     size_t bytes;
@@ -41,6 +43,7 @@ typedef struct device_books {
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_changed = PTHREAD_COND_INITIALIZER;
 static vram_addrmap g_live;
+static vram_addrmap g_generations; /* the same live entries, by generation */
 static vram_addrmap g_freed;
 static tombstone g_tombs[VRAM_FREED_MEMORY];
 static size_t g_tomb_next;
@@ -55,6 +58,11 @@ static size_t rounded(size_t bytes) { /* callers checked that this cannot overfl
 }
 
 static vram_entry *as_entry(vram_addrmap_node *n) { return (vram_entry *)n; }
+
+static vram_entry *live_generation(uint64_t generation) {
+    vram_addrmap_node *n = vram_addrmap_find(&g_generations, (uintptr_t)generation);
+    return n ? (vram_entry *)((char *)n - offsetof(vram_entry, by_generation)) : NULL;
+}
 
 vram_entry *vram_registry_node_new(void) { return calloc(1, sizeof(vram_entry)); }
 
@@ -91,6 +99,7 @@ static void remember_tomb(uintptr_t address, uint64_t generation, int device) {
 /* Take an entry out of the map, its device's list and the live totals. */
 static void unlink_entry(vram_entry *e) {
     vram_addrmap_remove(&g_live, e->node.key);
+    vram_addrmap_remove(&g_generations, (uintptr_t)e->generation);
     device_books *b = &g_books[e->device];
     if (e->prev) e->prev->next = e->next; else b->oldest = e->next;
     if (e->next) e->next->prev = e->prev; else b->newest = e->prev;
@@ -137,6 +146,8 @@ uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uin
     node->generation = g_next_generation++;
     node->alloc_ns = vram_now_ns();
     vram_addrmap_insert(&g_live, &node->node);
+    node->by_generation.key = (uintptr_t)node->generation;
+    vram_addrmap_insert(&g_generations, &node->by_generation);
 
     device_books *b = &g_books[device];
     node->prev = b->newest;
@@ -199,16 +210,25 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
     vram_free_begin result;
     pthread_mutex_lock(&g_lock);
     for (;;) {
-        vram_entry *e = as_entry(vram_addrmap_find(&g_live, address));
-        bool known_generation = generation != 0 && generation < g_next_generation;
-        if (generation != 0 && !known_generation) {
-            result = VRAM_FREE_BAD_GENERATION;
-            break;
-        }
-        if (e && generation != 0 && e->generation != generation) {
-            count_repeat(e->device); /* that generation is gone; the address was reused */
-            result = VRAM_FREE_ALREADY;
-            break;
+        vram_entry *e;
+        if (generation != 0) { /* exactly this allocation, or nothing */
+            if (generation >= g_next_generation) {
+                result = VRAM_FREE_BAD_GENERATION;
+                break;
+            }
+            e = live_generation(generation);
+            if (!e) { /* freed already, whoever freed it; its address may be reused */
+                tombstone *t = (tombstone *)vram_addrmap_find(&g_freed, address);
+                count_repeat(t && t->generation == generation ? t->device : 0);
+                result = VRAM_FREE_ALREADY;
+                break;
+            }
+            if (e->node.key != address) { /* live, but not at this address */
+                result = VRAM_FREE_BAD_GENERATION;
+                break;
+            }
+        } else {
+            e = as_entry(vram_addrmap_find(&g_live, address));
         }
         if (e && e->freeing) { /* another thread is freeing it: wait for its outcome */
             pthread_cond_wait(&g_changed, &g_lock);
@@ -224,11 +244,6 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
             }
             *entry = e;
             result = VRAM_FREE_PROCEED;
-            break;
-        }
-        if (known_generation) {
-            count_repeat(0);
-            result = VRAM_FREE_ALREADY;
             break;
         }
         vram_entry *holder = as_entry(vram_addrmap_floor(&g_live, address));
