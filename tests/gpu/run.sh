@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU suite, on a machine with an NVIDIA GPU (run tests/gpu/prepare.sh first on the
-# CPU machine and carry dist/ and .carry/): installs the wheel built there unchanged, runs the
-# pytest GPU suite, the Rust FFI test binaries on the CUDA backend, and the benchmark, and ends
-# with one summary line. Usage: tests/gpu/run.sh [OUT_DIR]
+# CPU machine and carry dist/, .carry/ and .whl/): installs the wheel built there unchanged,
+# runs the pytest GPU suite, the end-to-end test with a real Prometheus, the Rust FFI test
+# binaries on the CUDA backend, and the benchmarks, and ends with one summary line.
+# Usage: tests/gpu/run.sh [OUT_DIR]
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-${OUT:-/tmp/vramobs-gpu}}
@@ -13,41 +14,35 @@ python3 -m pip install -q --no-index --no-deps --target "$site" "$wheel" "$repo"
   || exit 1
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" VRAMOBS_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
 cd "$site"  # never import the source tree
+# "N passed, N failed, N skipped" from a pytest junit file.
+junit_summary() {
+  python3 - "$1" "$2" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    s = ET.parse(sys.argv[2]).getroot()
+    s = s if s.tag == "testsuite" else s.find("testsuite")
+    t, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
+    print(f"{sys.argv[1]} {t - f - e - k} passed, {f + e} failed, {k} skipped")
+except Exception as exc:
+    print(f"{sys.argv[1]} did not report ({exc})")
+PY
+}
+
 python3 -c "import vramobs; print('vramobs', vramobs.__version__, 'from', vramobs.__file__)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
 
-python3 -m pytest "$repo/tests/gpu" -q -p no:cacheprovider \
+python3 -m pytest "$repo/tests/gpu" -q -rP -p no:cacheprovider \
   --junitxml "$out/pytest.xml" 2>&1 | tee "$out/pytest.log"
-pytest_line=$(python3 - "$out/pytest.xml" <<'PY'
-import sys, xml.etree.ElementTree as ET
-try:
-    s = ET.parse(sys.argv[1]).getroot()
-    s = s if s.tag == "testsuite" else s.find("testsuite")
-    t, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
-    print(f"pytest {t - f - e - k} passed, {f + e} failed, {k} skipped")
-except Exception as exc:
-    print(f"pytest did not report ({exc})")
-PY
-)
+pytest_line=$(junit_summary pytest "$out/pytest.xml")
 
 # A real Prometheus scraping the demo on the GPU: every dashboard panel must show data.
 dpkg -x "$(ls "$repo"/.carry/prometheus_*.deb)" "$site/prometheus-pkg"
 PROMETHEUS="$site/prometheus-pkg/usr/bin/prometheus" VRAMOBS_E2E_BACKEND=cuda \
   python3 -m pytest "$repo/tests/cpu/test_prometheus_e2e.py" -q -p no:cacheprovider \
   --junitxml "$out/e2e.xml" 2>&1 | tee "$out/e2e.log"
-e2e_line=$(python3 - "$out/e2e.xml" <<'PY'
-import sys, xml.etree.ElementTree as ET
-try:
-    s = ET.parse(sys.argv[1]).getroot()
-    s = s if s.tag == "testsuite" else s.find("testsuite")
-    t, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
-    print(f"prometheus e2e {t - f - e - k} passed, {f + e} failed, {k} skipped")
-except Exception as exc:
-    print(f"prometheus e2e did not report ({exc})")
-PY
-)
+e2e_line=$(junit_summary "prometheus e2e" "$out/e2e.xml")
 
-rust_passed=0 rust_failed=0
+rust_failed=0
 for binary in "$repo"/.carry/ffi/*; do
   [ -x "$binary" ] || continue
   LD_LIBRARY_PATH="$site/vramobs" VRAMOBS_BACKEND=cuda "$binary" 2>&1 | tee -a "$out/rust.log"
