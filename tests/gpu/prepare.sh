@@ -26,7 +26,7 @@ for line in sys.stdin:
         print("rust test binary:", msg["executable"])
 ' .carry/ffi
 strip .carry/ffi/*  # debug symbols would crowd the carry limit
-cmake -S . -B build/bench -G Ninja -DVRAMOBS_BUILD_BENCH=ON -DVRAMOBS_WERROR=ON \
+cmake -S . -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DVRAMOBS_BUILD_BENCH=ON -DVRAMOBS_WERROR=ON \
   -DPython_EXECUTABLE="$repo/build/prepare-venv/bin/python"
 cmake --build build/bench
 cp build/bench/native/vram_overhead .carry/bench/

@@ -56,10 +56,26 @@ print(sum(int(p) for p, _ in runs), sum(int(f) for _, f in runs))
 PY
 )
 
+# compute-sanitizer memcheck over the C API on real VRAM (the Rust behaviour suite) and the
+# Python operations suite: any report fails the line.
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+memcheck_line="memcheck not run (no compute-sanitizer)"
+if [ -n "$sanitizer" ]; then
+  memcheck=("$sanitizer" --tool memcheck --leak-check full --error-exitcode 9)
+  memcheck_failed=0
+  LD_LIBRARY_PATH="$site/vramobs" VRAMOBS_BACKEND=cuda "${memcheck[@]}" \
+    "$(ls "$repo"/.carry/ffi/behaviour-*)" --test-threads=1 > "$out/memcheck.log" 2>&1 \
+    || memcheck_failed=$((memcheck_failed + 1))
+  "${memcheck[@]}" python3 -m pytest "$repo/tests/gpu/test_ops_gpu.py" -q -p no:cacheprovider \
+    >> "$out/memcheck.log" 2>&1 || memcheck_failed=$((memcheck_failed + 1))
+  grep -E "ERROR SUMMARY|LEAK SUMMARY|passed|failed" "$out/memcheck.log"
+  memcheck_line="memcheck $(grep -c 'ERROR SUMMARY: 0 errors' "$out/memcheck.log") of 2 runs clean, $memcheck_failed failed"
+fi
+
 python3 -m vramobs bench --json "$out/bench.json" 2>&1 | tee "$out/bench.md"
 bench_status=${PIPESTATUS[0]}
 echo "C: observation's cost per call, vramobs against the bare driver call (same process)"
 LD_LIBRARY_PATH="$site/vramobs" "$repo"/.carry/bench/vram_overhead 20000 2>&1 | tee -a "$out/bench.md"
 [ "${PIPESTATUS[0]}" -eq 0 ] || bench_status=1
 
-echo "GPU SUITE: $pytest_line; $e2e_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"
+echo "GPU SUITE: $pytest_line; $e2e_line; $memcheck_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"
