@@ -73,17 +73,6 @@ static void forget_tomb(uintptr_t address) {
     if (t) t->used = false;
 }
 
-/* A new allocation over [address, address + bytes) makes every freed start inside it
- * meaningless: forget them, so they cannot pass for freed pointers. */
-static void forget_tombs_in(uintptr_t address, size_t bytes) {
-    tombstone *t;
-    while ((t = (tombstone *)vram_addrmap_ceiling(&g_freed, address)) &&
-           t->node.key - address < bytes) {
-        vram_addrmap_remove(&g_freed, t->node.key);
-        t->used = false;
-    }
-}
-
 static void remember_tomb(uintptr_t address, uint64_t generation, int device) {
     forget_tomb(address);
     tombstone *t = &g_tombs[g_tomb_next];
@@ -136,8 +125,9 @@ static void evict_overlaps(uintptr_t address, size_t bytes) {
 uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uintptr_t address,
                               size_t bytes, int device, uint32_t tag) {
     pthread_mutex_lock(&g_lock);
+    /* Freed starts inside the new range stay remembered: lookups consult them only for
+     * addresses no live allocation holds. */
     evict_overlaps(address, bytes);
-    forget_tombs_in(address, bytes);
     node->node.key = address;
     node->backend = backend;
     node->bytes = bytes;
