@@ -15,9 +15,15 @@ import threading
 import warnings
 from typing import Any, Optional
 
-from . import _hostbuf, _native, leaks, tags, tracing
+from . import _hostbuf, _native, leaks, retry, tags, tracing
 from .device import _on_device, current_device
-from .errors import DeviceFailedError, InvalidArgumentError, OutOfBoundsError, check
+from .errors import (
+    DeviceFailedError,
+    InvalidArgumentError,
+    OutOfBoundsError,
+    OutOfMemoryError,
+    check,
+)
 
 __all__ = ["DeviceBuffer", "alloc", "to_device"]
 
@@ -229,6 +235,7 @@ def alloc(nbytes: int, *, device: Optional[int] = None, tag: Optional[str] = Non
     """Allocate ``nbytes`` of device memory (on this thread's device unless ``device`` is given).
 
     ``tag`` names the owner (``"weights"``, ``"kv_cache"``, ...) from a small declared set.
+    Out-of-memory is retried as :mod:`vramobs.retry` is configured (not by default).
     Raises OutOfMemoryError, InvalidArgumentError, NoDeviceError or DeviceFailedError.
     """
     if type(nbytes) is not int:
@@ -252,6 +259,10 @@ def alloc(nbytes: int, *, device: Optional[int] = None, tag: Optional[str] = Non
             )
         else:
             status = malloc_ex(ptr, nbytes, tag_id, generation)  # ctypes passes both by reference
+        if status == OutOfMemoryError.code and retry.policy().attempts > 1:
+            status = retry.retry(
+                lambda: malloc_ex(ptr, nbytes, tag_id, generation), status, nbytes, where
+            )
         if status:
             check(status, f"allocating {nbytes} bytes")
     leaks.remember(generation.value)

@@ -22,7 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from . import __version__, _native, device, leaks, stats, tags
+from . import __version__, _native, device, leaks, retry, stats, tags
 from .errors import VramError
 from .nvml import NvmlMemory, NvmlReader
 
@@ -243,10 +243,15 @@ class VramCollector:
         lost = counter("vramobs_lost_allocations", "Allocations dropped because their device failed")
         leaked = counter("vramobs_leaked_buffers", "Buffers garbage-collected without close()")
         leaked_bytes = counter("vramobs_leaked_bytes", "Bytes of buffers garbage-collected without close()")
+        retries = counter("vramobs_allocation_retries", "Allocations retried after out-of-memory")
+        give_ups = counter(
+            "vramobs_allocation_give_ups", "Allocations that stayed out of memory after retries"
+        )
         tag_bytes = gauge("vramobs_tag_live_bytes", "Live bytes per owner tag", ["tag"])
         tag_count = gauge("vramobs_tag_live_allocations", "Live allocations per owner tag", ["tag"])
         declared = tags.declared()
         leak_counts = leaks.counts()
+        retry_counts = retry.counts()
         for dev in devices:
             r = stats.registry_stats(dev.ordinal)
             labels = dev.labels
@@ -262,12 +267,15 @@ class VramCollector:
             buffers, nbytes = leak_counts.get(dev.ordinal, (0, 0))
             leaked.add_metric(labels, buffers)
             leaked_bytes.add_metric(labels, nbytes)
+            retried, gave_up = retry_counts.get(dev.ordinal, (0, 0))
+            retries.add_metric(labels, retried)
+            give_ups.add_metric(labels, gave_up)
             for tag in declared:
                 count, nbytes = r.by_tag.get(tag, (0, 0))
                 tag_count.add_metric(labels + [tag], count)
                 tag_bytes.add_metric(labels + [tag], nbytes)
         yield from (live, live_bytes, peak, waste, oldest, allocs, frees, repeated, lost, leaked,
-                    leaked_bytes, tag_bytes, tag_count)
+                    leaked_bytes, retries, give_ups, tag_bytes, tag_count)
 
     def _memory(self, devices: list[_Device]) -> Iterator[Metric]:
         memory = GaugeMetricFamily(
