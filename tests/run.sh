@@ -31,5 +31,8 @@ VRAMOBS_BACKEND=host "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER=/nonexistent/libcuda.so.1 "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER="$repo/build/fakecuda/libfakecuda.so" "${cargo[@]}"
 
+# The C stress test (32 threads) and the Rust tests under ASan+UBSan, then TSan.
+PYTHON="$repo/.venv/bin/python" bash native/sanitize.sh
+
 # Last, so that its summary closes the run.
 .venv/bin/pytest

@@ -44,6 +44,10 @@ bool vram_runtime_usable(const vram_backend *backend); /* init succeeded */
 int vram_runtime_thread_device(void);
 bool vram_runtime_device_failed(int device);
 void vram_runtime_latch(int device);
+/* Bracket an allocation from its choice of backend to its registry entry: a backend switch
+ * waits for it, and sees it live. */
+void vram_runtime_allocation_begin(void);
+void vram_runtime_allocation_end(void);
 
 /* registry.c: live allocations, pinned by copies, remembered after free. */
 typedef enum vram_lookup {

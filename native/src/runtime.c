@@ -9,8 +9,12 @@
 
 static const vram_backend *g_backend; /* atomic: set once by default, or by vram_select_backend */
 static pthread_once_t g_default_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t g_select_lock = PTHREAD_MUTEX_INITIALIZER;
-static char g_env_error[160]; /* set when VRAMOBS_BACKEND names no backend */
+static char g_env_error[160]; /* why VRAMOBS_BACKEND names no backend; written once */
+static int g_env_invalid;      /* atomic: g_env_error applies (until a backend is selected) */
+/* Held shared by an allocation from its choice of backend until its entry is recorded, and
+ * exclusively by a switch of backend: no allocation can land on a backend switched away. */
+static pthread_rwlock_t g_switch;
+static pthread_once_t g_switch_once = PTHREAD_ONCE_INIT;
 static int g_failed[VRAM_MAX_DEVICES];
 static _Thread_local int t_device;
 
@@ -36,6 +40,7 @@ static void select_default(void) {
             /* Never fall back silently: report the bad setting and serve nothing. */
             snprintf(g_env_error, sizeof g_env_error,
                      "VRAMOBS_BACKEND='%.64s' names no backend (use 'cuda' or 'host')", env);
+            __atomic_store_n(&g_env_invalid, 1, __ATOMIC_RELEASE);
             b = &vram_backend_cuda;
         }
     }
@@ -50,7 +55,7 @@ const vram_backend *vram_runtime_backend(void) {
 }
 
 bool vram_runtime_usable(const vram_backend *backend) {
-    return g_env_error[0] == '\0' && backend->init();
+    return !__atomic_load_n(&g_env_invalid, __ATOMIC_ACQUIRE) && backend->init();
 }
 
 int vram_runtime_thread_device(void) { return t_device; }
@@ -61,21 +66,39 @@ bool vram_runtime_device_failed(int device) {
 
 void vram_runtime_latch(int device) { __atomic_store_n(&g_failed[device], 1, __ATOMIC_RELEASE); }
 
+static void switch_lock_init(void) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* A switch is rare and must not starve behind a stream of allocations. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&g_switch, &attr);
+    pthread_rwlockattr_destroy(&attr);
+}
+
+void vram_runtime_allocation_begin(void) {
+    pthread_once(&g_switch_once, switch_lock_init);
+    pthread_rwlock_rdlock(&g_switch);
+}
+
+void vram_runtime_allocation_end(void) { pthread_rwlock_unlock(&g_switch); }
+
 int vram_select_backend(const char *name) {
     const vram_backend *wanted = name ? backend_named(name) : NULL;
     if (!wanted) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_BACKEND);
     pthread_once(&g_default_once, select_default);
-    pthread_mutex_lock(&g_select_lock);
+    pthread_once(&g_switch_once, switch_lock_init);
+    pthread_rwlock_wrlock(&g_switch);
     int status = VRAM_SUCCESS;
-    if (wanted != __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE) || g_env_error[0]) {
+    if (wanted != __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE) ||
+        __atomic_load_n(&g_env_invalid, __ATOMIC_ACQUIRE)) {
         if (vram_registry_live_count() > 0) {
             status = fail(VRAM_ERR_BUSY, VRAM_REASON_NONE);
         } else {
-            g_env_error[0] = '\0';
+            __atomic_store_n(&g_env_invalid, 0, __ATOMIC_RELEASE);
             __atomic_store_n(&g_backend, wanted, __ATOMIC_RELEASE);
         }
     }
-    pthread_mutex_unlock(&g_select_lock);
+    pthread_rwlock_unlock(&g_switch);
     return status;
 }
 
@@ -83,7 +106,7 @@ const char *vram_backend_name(void) { return vram_runtime_backend()->name; }
 
 const char *vram_backend_diagnostic(void) {
     const vram_backend *b = vram_runtime_backend();
-    if (g_env_error[0]) return g_env_error;
+    if (__atomic_load_n(&g_env_invalid, __ATOMIC_ACQUIRE)) return g_env_error;
     b->init();
     return b->diagnostic();
 }

@@ -70,6 +70,27 @@ static int ready(call *c, const vram_backend **b) {
     return VRAM_SUCCESS;
 }
 
+/* The allocation proper, between the backend's choice and its registry entry. */
+static int allocate(call *c, void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
+    const vram_backend *b;
+    int status = ready(c, &b);
+    if (status != VRAM_SUCCESS) return status;
+    vram_entry *node = vram_registry_node_new(); /* before the driver: recording cannot fail */
+    if (!node) return VRAM_ERR_ALLOCATION_FAILED;
+    uintptr_t address = 0;
+    int error = b->alloc(c->device, bytes, &address);
+    if (error != 0 || address == 0) {
+        vram_registry_node_delete(node);
+        return error ? driver_failure(c, b, c->device, error, VRAM_ERR_ALLOCATION_FAILED)
+                     : VRAM_ERR_ALLOCATION_FAILED;
+    }
+    uint64_t g = vram_registry_insert(node, b, address, bytes, c->device, tag);
+    *ptr = (void *)address;
+    if (generation) *generation = g;
+    c->bytes = bytes;
+    return VRAM_SUCCESS;
+}
+
 int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
     call c = begin(VRAM_OP_MALLOC);
     if (!ptr) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
@@ -80,24 +101,10 @@ int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation)
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_SIZE_OVERFLOW);
     if (tag >= VRAM_MAX_TAGS)
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_TAG);
-    const vram_backend *b;
-    int status = ready(&c, &b);
-    if (status != VRAM_SUCCESS) return finish(&c, status);
-
-    vram_entry *node = vram_registry_node_new(); /* before the driver: recording cannot fail */
-    if (!node) return finish(&c, VRAM_ERR_ALLOCATION_FAILED);
-    uintptr_t address = 0;
-    int error = b->alloc(c.device, bytes, &address);
-    if (error != 0 || address == 0) {
-        vram_registry_node_delete(node);
-        return finish(&c, error ? driver_failure(&c, b, c.device, error, VRAM_ERR_ALLOCATION_FAILED)
-                                : VRAM_ERR_ALLOCATION_FAILED);
-    }
-    uint64_t g = vram_registry_insert(node, b, address, bytes, c.device, tag);
-    *ptr = (void *)address;
-    if (generation) *generation = g;
-    c.bytes = bytes;
-    return finish(&c, VRAM_SUCCESS);
+    vram_runtime_allocation_begin();
+    int status = allocate(&c, ptr, bytes, tag, generation);
+    vram_runtime_allocation_end();
+    return finish(&c, status);
 }
 
 int vram_malloc(void **ptr, size_t bytes) { return vram_malloc_ex(ptr, bytes, 0, NULL); }
@@ -105,9 +112,14 @@ int vram_malloc(void **ptr, size_t bytes) { return vram_malloc_ex(ptr, bytes, 0,
 static int free_generation(void *ptr, uint64_t generation) {
     call c = begin(VRAM_OP_FREE);
     if (!ptr) return finish(&c, VRAM_SUCCESS);
-    if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
     vram_entry *e = NULL;
-    switch (vram_registry_free_begin((uintptr_t)ptr, generation, &e)) {
+    vram_free_begin begun = vram_registry_free_begin((uintptr_t)ptr, generation, &e);
+    /* An allocation is freed through the backend that made it, usable by construction; a
+     * refusal is a "no device" where there is none to have made the pointer. */
+    if (begun != VRAM_FREE_PROCEED && begun != VRAM_FREE_ALREADY &&
+        !vram_runtime_usable(vram_runtime_backend()))
+        return finish(&c, VRAM_ERR_NO_DEVICE);
+    switch (begun) {
     case VRAM_FREE_ALREADY:
         return finish(&c, VRAM_SUCCESS);
     case VRAM_FREE_UNKNOWN:
