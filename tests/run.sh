@@ -2,18 +2,19 @@
 # The test command (README, CI): build vramobs from this checkout into .venv, then run the
 # CPU suite (pytest, host backend and driverless CUDA backend) and the Rust FFI tests.
 # Needs python3, a C compiler, cargo; CMake and ninja come from PyPI if missing; Prometheus
-# (prometheus, promtool) and docker-compose (for `config`) come from Debian's packages.
+# (prometheus, promtool), docker-compose (for `config`) and clang with libFuzzer come from
+# Debian's packages.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-   || ! command -v docker-compose >/dev/null; then
+   || ! command -v docker-compose >/dev/null || ! command -v clang >/dev/null; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      prometheus docker-compose >/dev/null
+      prometheus docker-compose clang libclang-rt-14-dev >/dev/null
   else
-    echo "tests/run.sh: install Debian's prometheus and docker-compose packages first" >&2
+    echo "tests/run.sh: install Debian's prometheus, docker-compose and clang packages first" >&2
   fi
 fi
 python3 -m venv .venv
@@ -31,8 +32,10 @@ VRAMOBS_BACKEND=host "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER=/nonexistent/libcuda.so.1 "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER="$repo/build/fakecuda/libfakecuda.so" "${cargo[@]}"
 
-# The C stress test (32 threads) and the Rust tests under ASan+UBSan, then TSan.
+# The C stress test (32 threads) and the Rust tests under ASan+UBSan, then TSan; then each
+# libFuzzer target for a minute against its shadow model.
 PYTHON="$repo/.venv/bin/python" bash native/sanitize.sh
+PYTHON="$repo/.venv/bin/python" bash native/fuzz/run.sh 60
 
 # Last, so that its summary closes the run.
 .venv/bin/pytest

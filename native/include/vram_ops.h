@@ -153,7 +153,7 @@ VRAM_API int vram_get_info(size_t *free_bytes, size_t *total_bytes);
  * Extensions beyond the specification.
  * ---------------------------------------------------------------------------------------- */
 
-#define VRAM_ALIGNMENT 256u     /* sizes are accounted rounded up to this */
+#define VRAM_ALIGNMENT 256u     /* the least granularity sizes are rounded to */
 #define VRAM_MAX_DEVICES 32
 #define VRAM_MAX_TAGS 64        /* owner tags 0..63; 0 means untagged */
 #define VRAM_FREED_MEMORY 65536 /* freed pointers remembered for idempotent free */
@@ -286,7 +286,7 @@ typedef struct vram_registry_stats {
     uint32_t reserved_;
     uint64_t live_count;
     uint64_t live_bytes;          /* bytes asked for */
-    uint64_t live_rounded_bytes;  /* bytes accounted, rounded up to VRAM_ALIGNMENT */
+    uint64_t live_rounded_bytes;  /* device memory they take, as the driver rounds sizes */
     uint64_t peak_bytes;          /* highest live_bytes seen */
     uint64_t allocs_total;
     uint64_t frees_total;

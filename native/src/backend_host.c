@@ -56,13 +56,13 @@ static const char *host_diagnostic(void) { return g_diagnostic; }
 
 static int host_device_count(void) { return g_devices; }
 
-static uint64_t rounded(size_t bytes) {
-    return ((uint64_t)bytes + (VRAM_ALIGNMENT - 1)) & ~(uint64_t)(VRAM_ALIGNMENT - 1);
+static size_t host_footprint(size_t bytes) { /* bytes <= SIZE_MAX - 255: checked before */
+    return (bytes + (VRAM_ALIGNMENT - 1)) & ~(size_t)(VRAM_ALIGNMENT - 1);
 }
 
 static int host_alloc(int device, size_t bytes, uintptr_t *out) {
     if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
-    uint64_t need = rounded(bytes);
+    uint64_t need = host_footprint(bytes);
     /* Reserve capacity first, so concurrent allocations cannot overshoot it. */
     uint64_t used = __atomic_load_n(&g_used[device], __ATOMIC_RELAXED);
     do {
@@ -81,7 +81,7 @@ static int host_alloc(int device, size_t bytes, uintptr_t *out) {
 static int host_release(int device, uintptr_t address, size_t bytes) {
     if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
     free((void *)address);
-    __atomic_fetch_sub(&g_used[device], rounded(bytes), __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&g_used[device], (uint64_t)host_footprint(bytes), __ATOMIC_RELAXED);
     return HOST_OK;
 }
 
@@ -143,6 +143,7 @@ const vram_backend vram_backend_host = {
     .copy_d2h = host_copy_d2h,
     .mem_info = host_mem_info,
     .props = host_props,
+    .footprint = host_footprint,
     .classify = host_classify,
     .error_name = host_error_name,
 };

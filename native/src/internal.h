@@ -31,6 +31,8 @@ typedef struct vram_backend {
     int (*copy_d2h)(int device, void *dst, uintptr_t src, size_t bytes);
     int (*mem_info)(int device, size_t *free_bytes, size_t *total_bytes);
     int (*props)(int device, vram_device_props *out);
+    /* Device memory an allocation of this size takes, as the driver rounds it. */
+    size_t (*footprint)(size_t bytes);
     vram_fault (*classify)(int driver_error);
     const char *(*error_name)(int driver_error);
 } vram_backend;

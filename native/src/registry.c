@@ -53,10 +53,6 @@ static uint64_t g_live_bytes;
 static uint64_t g_peak_bytes;
 static device_books g_books[VRAM_MAX_DEVICES];
 
-static size_t rounded(size_t bytes) { /* callers checked that this cannot overflow */
-    return (bytes + (VRAM_ALIGNMENT - 1)) & ~(size_t)(VRAM_ALIGNMENT - 1);
-}
-
 static vram_entry *as_entry(vram_addrmap_node *n) { return (vram_entry *)n; }
 
 static vram_entry *live_generation(uint64_t generation) {
@@ -95,7 +91,7 @@ static void unlink_entry(vram_entry *e) {
     e->prev = e->next = NULL;
     b->stats.live_count--;
     b->stats.live_bytes -= e->bytes;
-    b->stats.live_rounded_bytes -= rounded(e->bytes);
+    b->stats.live_rounded_bytes -= e->backend->footprint(e->bytes);
     b->stats.tag_live_count[e->tag]--;
     b->stats.tag_live_bytes[e->tag] -= e->bytes;
     g_live_count--;
@@ -145,7 +141,7 @@ uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uin
     b->newest = node;
     b->stats.live_count++;
     b->stats.live_bytes += bytes;
-    b->stats.live_rounded_bytes += rounded(bytes);
+    b->stats.live_rounded_bytes += backend->footprint(bytes);
     if (b->stats.live_bytes > b->stats.peak_bytes) b->stats.peak_bytes = b->stats.live_bytes;
     b->stats.allocs_total++;
     b->stats.tag_live_count[tag]++;
