@@ -197,7 +197,7 @@ def _load() -> ctypes.CDLL:
     raise NativeLibraryError(
         "cannot load libvram_ops; tried: "
         + "; ".join(tried)
-        + f" (install vramobs with pip, not from a source checkout on sys.path, or set"
+        + " (install vramobs with pip, not from a source checkout on sys.path, or set"
         + f" {_LIBRARY_ENV} to the library's path)"
     )
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import vramobs
+from fake_cuda import child, fake_driver  # noqa: F401  (fixtures: the CUDA backend over a fake)
 from vramobs import stats
 
 # Host-backend settings read by the library on first use; cleared so that this process runs

@@ -29,8 +29,6 @@ from vramobs.collector import VramCollector
 from vramobs.errors import DriverError
 from vramobs.nvml import NvmlMemory, NvmlReader
 
-# The fake CUDA driver and the child-interpreter harness of the CUDA backend tests.
-from test_cuda_backend import child, fake_driver  # noqa: F401  (pytest fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS_MD = REPO / "exporters" / "METRICS.md"

@@ -24,7 +24,6 @@ from vramobs import exporter, stats
 from vramobs.collector import VramCollector
 from vramobs.nvml import NvmlReader
 
-from test_cuda_backend import child, fake_driver  # noqa: F401  (pytest fixtures)
 
 VRAMOBS = str(Path(sys.executable).with_name("vramobs"))
 
