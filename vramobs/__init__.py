@@ -8,7 +8,7 @@ when ``VRAMOBS_BACKEND=host`` or :func:`use_backend` selects it).
 from importlib import metadata as _metadata
 
 from ._native import NativeLibraryError, native_available
-from .buffer import DeviceBuffer, alloc, to_device
+from .buffer import DeviceBuffer, alloc, set_wipe_on_free, to_device, wipe_on_free
 from .device import (
     DeviceInfo,
     DeviceState,
@@ -71,7 +71,9 @@ __all__ = (
     "get_info",
     "native_available",
     "set_device",
+    "set_wipe_on_free",
     "to_device",
     "usable_devices",
     "use_backend",
+    "wipe_on_free",
 )

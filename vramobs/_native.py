@@ -152,6 +152,9 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "vram_registry_stats_get": ([_INT, _P(RegistryStats), _SIZE], _INT),
     "vram_registry_list": ([_INT, _P(AllocRecord), _SIZE, _P(_SIZE)], _INT),
     "vram_now_ns": ([], _U64),
+    "vram_set_wipe_policy": ([_INT], _INT),
+    "vram_get_wipe_policy": ([_P(_INT)], _INT),
+    "vram_set_allocation_wipe": ([_VOIDP, _U64, _INT], _INT),
 }
 
 _lock = threading.Lock()

@@ -25,7 +25,23 @@ from .errors import (
     check,
 )
 
-__all__ = ["DeviceBuffer", "alloc", "to_device"]
+__all__ = ["DeviceBuffer", "alloc", "to_device", "set_wipe_on_free", "wipe_on_free"]
+
+_WIPE_OFF, _WIPE_ON_FREE = 0, 1
+
+
+def set_wipe_on_free(enabled: bool) -> None:
+    """Overwrite every allocation made from now on with zeros before it is freed (a device
+    memset, counted as the operation ``wipe``), so that no later allocation in this process
+    can read its bytes. ``alloc(..., wipe=...)`` overrides it per buffer."""
+    check(_native.lib().vram_set_wipe_policy(_WIPE_ON_FREE if enabled else _WIPE_OFF))
+
+
+def wipe_on_free() -> bool:
+    """Whether new allocations are wiped before they are freed."""
+    policy = ctypes.c_int()
+    check(_native.lib().vram_get_wipe_policy(ctypes.byref(policy)))
+    return policy.value == _WIPE_ON_FREE
 
 # Buffers alive at exit (model weights) go with the process: no warning, no free.
 _exiting = False
@@ -231,10 +247,17 @@ class DeviceBuffer:
         }
 
 
-def alloc(nbytes: int, *, device: Optional[int] = None, tag: Optional[str] = None) -> DeviceBuffer:
+def alloc(
+    nbytes: int,
+    *,
+    device: Optional[int] = None,
+    tag: Optional[str] = None,
+    wipe: Optional[bool] = None,
+) -> DeviceBuffer:
     """Allocate ``nbytes`` of device memory (on this thread's device unless ``device`` is given).
 
     ``tag`` names the owner (``"weights"``, ``"kv_cache"``, ...) from a small declared set.
+    ``wipe`` (default: :func:`wipe_on_free`) zeroes the memory before it is freed.
     Out-of-memory is retried as :mod:`vramobs.retry` is configured (not by default).
     Raises OutOfMemoryError, InvalidArgumentError, NoDeviceError or DeviceFailedError.
     """
@@ -265,15 +288,29 @@ def alloc(nbytes: int, *, device: Optional[int] = None, tag: Optional[str] = Non
             )
         if status:
             check(status, f"allocating {nbytes} bytes")
+    buf = DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))
+    if wipe is not None:
+        status = _native.lib().vram_set_allocation_wipe(
+            ptr.value, generation.value, _WIPE_ON_FREE if wipe else _WIPE_OFF
+        )
+        if status:
+            buf.close()
+            check(status, "setting the wipe policy")
     leaks.remember(generation.value)
-    return DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))
+    return buf
 
 
-def to_device(data: Any, *, device: Optional[int] = None, tag: Optional[str] = None) -> DeviceBuffer:
+def to_device(
+    data: Any,
+    *,
+    device: Optional[int] = None,
+    tag: Optional[str] = None,
+    wipe: Optional[bool] = None,
+) -> DeviceBuffer:
     """Allocate a buffer the size of host buffer ``data`` and copy ``data`` into it."""
     with _hostbuf.borrowed(data, writable=False) as (_, nbytes):
         pass
-    buf = alloc(nbytes, device=device, tag=tag)
+    buf = alloc(nbytes, device=device, tag=tag, wipe=wipe)
     try:
         buf.copy_from(data)
     except BaseException:

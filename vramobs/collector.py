@@ -200,6 +200,10 @@ class VramCollector:
             "Bandwidth of each successful copy",
             labels=_DEVICE + ["direction"],
         )
+        wiped = CounterMetricFamily(
+            "vramobs_wipe_bytes", "Bytes overwritten with zeros before being freed",
+            labels=_DEVICE, unit="bytes",
+        )
         sizes = HistogramMetricFamily(
             "vramobs_allocation_size_bytes", "Size of each successful allocation", labels=_DEVICE,
             unit="bytes",
@@ -223,7 +227,9 @@ class VramCollector:
                     )
                 elif op == "malloc":
                     sizes.add_metric(dev.labels, _cumulative(s.size_ok), s.size_ok.total)
-        yield from (duration, calls, refused, copy_bytes, copy_seconds, bandwidth, sizes)
+                elif op == "wipe":
+                    wiped.add_metric(dev.labels, s.bytes_ok)
+        yield from (duration, calls, refused, copy_bytes, copy_seconds, bandwidth, sizes, wiped)
 
     def _registry(self, devices: list[_Device]) -> Iterator[Metric]:
         def gauge(name: str, doc: str, extra: Optional[list[str]] = None) -> GaugeMetricFamily:

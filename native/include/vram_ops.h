@@ -167,6 +167,22 @@ VRAM_API int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *ge
  * but not at ptr, or was never handed out -> 2 (reason invalid_generation); nothing freed. */
 VRAM_API int vram_free_ex(void *ptr, uint64_t generation);
 
+/* Secure wipe. Freed device memory can come back to this process holding its old bytes (the
+ * next allocation of the same size often gets the same pages). With VRAM_WIPE_ON_FREE an
+ * allocation is overwritten with zeros (a device memset, timed and counted as the operation
+ * "wipe") before it is freed; if the wipe fails, the free fails and the allocation stays
+ * live. The policy applies to allocations made after it is set, and can be set per
+ * allocation. */
+typedef enum vram_wipe_policy {
+    VRAM_WIPE_OFF = 0,
+    VRAM_WIPE_ON_FREE = 1
+} vram_wipe_policy;
+
+VRAM_API int vram_set_wipe_policy(int policy);  /* -> 2 for an unknown policy */
+VRAM_API int vram_get_wipe_policy(int *policy);
+/* Change the policy of one live allocation (ptr and its generation, as vram_free_ex). */
+VRAM_API int vram_set_allocation_wipe(void *ptr, uint64_t generation, int policy);
+
 /* Devices. The device chosen applies to this thread's later vram_malloc and vram_get_info;
  * copies and frees always run on the device of their allocation. */
 VRAM_API int vram_device_count(int *count);
@@ -227,7 +243,8 @@ VRAM_API const char *vram_driver_error_name(int driver_error); /* "CUDA_ERROR_OU
     XX(1, FREE, "free")             \
     XX(2, MEMCPY_H2D, "memcpy_h2d") \
     XX(3, MEMCPY_D2H, "memcpy_d2h") \
-    XX(4, GET_INFO, "get_info")
+    XX(4, GET_INFO, "get_info")     \
+    XX(5, WIPE, "wipe")
 
 typedef enum vram_op {
 #define VRAM_OP_ENUM_(code, name, label) VRAM_OP_##name = code,

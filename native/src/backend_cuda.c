@@ -32,6 +32,8 @@ static struct {
     PFN_cuMemcpyHtoD_v3020 memcpy_htod;
     PFN_cuMemcpyDtoH_v3020 memcpy_dtoh;
     PFN_cuMemGetInfo_v3020 mem_get_info;
+    PFN_cuMemsetD8_v3020 memset_d8;
+    PFN_cuCtxSynchronize_v2000 ctx_synchronize;
     PFN_cuGetErrorName_v6000 get_error_name;
 } cu;
 
@@ -73,6 +75,8 @@ static bool load_symbols(void *lib, const char *path) {
         {"cuMemcpyHtoD_v2", (void **)&cu.memcpy_htod},
         {"cuMemcpyDtoH_v2", (void **)&cu.memcpy_dtoh},
         {"cuMemGetInfo_v2", (void **)&cu.mem_get_info},
+        {"cuMemsetD8_v2", (void **)&cu.memset_d8},
+        {"cuCtxSynchronize", (void **)&cu.ctx_synchronize},
         {"cuGetErrorName", (void **)&cu.get_error_name},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
@@ -197,6 +201,15 @@ static int cuda_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes) {
     return (int)r;
 }
 
+static int cuda_wipe(int device, uintptr_t address, size_t bytes) {
+    bool pushed;
+    CUresult r = enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = cu.memset_d8((CUdeviceptr)address, 0, bytes);
+    if (r == CUDA_SUCCESS) r = cu.ctx_synchronize(); /* zeroed before the memory is released */
+    leave(pushed);
+    return (int)r;
+}
+
 static int cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
     bool pushed;
     CUresult r = enter(device, &pushed);
@@ -291,6 +304,7 @@ const vram_backend vram_backend_cuda = {
     .copy_h2d = cuda_copy_h2d,
     .copy_d2h = cuda_copy_d2h,
     .mem_info = cuda_mem_info,
+    .wipe = cuda_wipe,
     .props = cuda_props,
     .footprint = cuda_footprint,
     .classify = cuda_classify,

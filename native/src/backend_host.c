@@ -98,6 +98,12 @@ static int host_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes) {
     return HOST_OK;
 }
 
+static int host_wipe(int device, uintptr_t address, size_t bytes) {
+    (void)device;
+    explicit_bzero((void *)address, bytes); /* a clear the compiler may not drop */
+    return HOST_OK;
+}
+
 static int host_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
     if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
     uint64_t used = __atomic_load_n(&g_used[device], __ATOMIC_RELAXED);
@@ -142,6 +148,7 @@ const vram_backend vram_backend_host = {
     .copy_h2d = host_copy_h2d,
     .copy_d2h = host_copy_d2h,
     .mem_info = host_mem_info,
+    .wipe = host_wipe,
     .props = host_props,
     .footprint = host_footprint,
     .classify = host_classify,

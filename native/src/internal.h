@@ -30,6 +30,7 @@ typedef struct vram_backend {
     int (*copy_h2d)(int device, uintptr_t dst, const void *src, size_t bytes);
     int (*copy_d2h)(int device, void *dst, uintptr_t src, size_t bytes);
     int (*mem_info)(int device, size_t *free_bytes, size_t *total_bytes);
+    int (*wipe)(int device, uintptr_t address, size_t bytes); /* zeros, done when it returns */
     int (*props)(int device, vram_device_props *out);
     /* Device memory an allocation of this size takes, as the driver rounds it. */
     size_t (*footprint)(size_t bytes);
@@ -66,7 +67,9 @@ vram_entry *vram_registry_node_new(void);
 void vram_registry_node_delete(vram_entry *node);
 /* Record a fresh allocation; takes ownership of node. Returns its generation. */
 uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uintptr_t address,
-                              size_t bytes, int device, uint32_t tag);
+                              size_t bytes, int device, uint32_t tag, bool wipe);
+/* Set a live allocation's wipe flag; false if (address, generation) is not live. */
+bool vram_registry_set_wipe(uintptr_t address, uint64_t generation, bool wipe);
 
 /* Find the live allocation holding [address, address + bytes) and pin it against free. */
 vram_lookup vram_registry_pin(uintptr_t address, size_t bytes, vram_entry **entry, int *device);
@@ -88,7 +91,7 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
  * 2 lost with its failed device (dropped, counted as lost). */
 void vram_registry_free_finish(vram_entry *entry, int outcome);
 void vram_entry_describe(const vram_entry *entry, const vram_backend **backend, int *device,
-                         uintptr_t *address, size_t *bytes);
+                         uintptr_t *address, size_t *bytes, bool *wipe);
 
 uint64_t vram_registry_live_count(void);
 int vram_registry_stats_copy(int device, vram_registry_stats *out);

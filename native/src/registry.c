@@ -26,6 +26,7 @@ struct vram_entry {
     uint32_t pins;
     bool freeing;  /* a free is under way: refuse new pins */
     bool detached; /* no longer in the map: the last unpin or the freer deletes it */
+    bool wipe;     /* overwrite with zeros before freeing */
 };
 
 typedef struct tombstone {
@@ -119,7 +120,7 @@ static void evict_overlaps(uintptr_t address, size_t bytes) {
 }
 
 uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uintptr_t address,
-                              size_t bytes, int device, uint32_t tag) {
+                              size_t bytes, int device, uint32_t tag, bool wipe) {
     pthread_mutex_lock(&g_lock);
     /* Freed starts inside the new range stay remembered: lookups consult them only for
      * addresses no live allocation holds. */
@@ -129,6 +130,7 @@ uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uin
     node->bytes = bytes;
     node->device = device;
     node->tag = tag;
+    node->wipe = wipe;
     node->generation = g_next_generation++;
     node->alloc_ns = vram_now_ns();
     vram_addrmap_insert(&g_live, &node->node);
@@ -271,12 +273,23 @@ void vram_registry_free_finish(vram_entry *e, int outcome) {
 }
 
 void vram_entry_describe(const vram_entry *e, const vram_backend **backend, int *device,
-                         uintptr_t *address, size_t *bytes) {
-    /* Immutable while the caller holds a pin or the freeing mark. */
+                         uintptr_t *address, size_t *bytes, bool *wipe) {
+    /* Immutable while the caller holds a pin or the freeing mark (wipe changes under the
+     * lock only while no free is under way). */
     *backend = e->backend;
     *device = e->device;
     *address = e->node.key;
     *bytes = e->bytes;
+    *wipe = e->wipe;
+}
+
+bool vram_registry_set_wipe(uintptr_t address, uint64_t generation, bool wipe) {
+    pthread_mutex_lock(&g_lock);
+    vram_entry *e = live_generation(generation);
+    bool found = e && e->node.key == address && !e->freeing;
+    if (found) e->wipe = wipe;
+    pthread_mutex_unlock(&g_lock);
+    return found;
 }
 
 uint64_t vram_registry_live_count(void) {

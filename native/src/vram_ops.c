@@ -70,6 +70,47 @@ static int ready(call *c, const vram_backend **b) {
     return VRAM_SUCCESS;
 }
 
+static int invalid(void) {
+    vram_set_last_error(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NONE, VRAM_OP_NONE, 0);
+    return VRAM_ERR_INVALID_PARAMETERS;
+}
+
+static int g_wipe_policy = VRAM_WIPE_OFF; /* atomic: the policy of new allocations */
+
+int vram_set_wipe_policy(int policy) {
+    if (policy != VRAM_WIPE_OFF && policy != VRAM_WIPE_ON_FREE) return invalid();
+    __atomic_store_n(&g_wipe_policy, policy, __ATOMIC_RELAXED);
+    return VRAM_SUCCESS;
+}
+
+int vram_get_wipe_policy(int *policy) {
+    if (!policy) return invalid();
+    *policy = __atomic_load_n(&g_wipe_policy, __ATOMIC_RELAXED);
+    return VRAM_SUCCESS;
+}
+
+int vram_set_allocation_wipe(void *ptr, uint64_t generation, int policy) {
+    if (!ptr || (policy != VRAM_WIPE_OFF && policy != VRAM_WIPE_ON_FREE)) return invalid();
+    if (!vram_registry_set_wipe((uintptr_t)ptr, generation, policy == VRAM_WIPE_ON_FREE)) {
+        vram_set_last_error(VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER, VRAM_OP_NONE, 0);
+        return VRAM_ERR_UNKNOWN_POINTER;
+    }
+    return VRAM_SUCCESS;
+}
+
+/* Overwrite an allocation about to be freed with zeros: an operation of its own, timed and
+ * counted as "wipe". */
+static int wipe(const vram_backend *b, int device, uintptr_t address, size_t bytes,
+                int *driver_error) {
+    call w = begin(VRAM_OP_WIPE);
+    w.device = device;
+    int error = b->wipe(device, address, bytes);
+    *driver_error = error;
+    if (error != 0) return finish(&w, driver_failure(&w, b, device, error, VRAM_ERR_DRIVER));
+    w.bytes = bytes;
+    return finish(&w, VRAM_SUCCESS);
+}
+
 /* The allocation proper, between the backend's choice and its registry entry. */
 static int allocate(call *c, void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
     const vram_backend *b;
@@ -84,7 +125,8 @@ static int allocate(call *c, void **ptr, size_t bytes, uint32_t tag, uint64_t *g
         return error ? driver_failure(c, b, c->device, error, VRAM_ERR_ALLOCATION_FAILED)
                      : VRAM_ERR_ALLOCATION_FAILED;
     }
-    uint64_t g = vram_registry_insert(node, b, address, bytes, c->device, tag);
+    bool wipe = __atomic_load_n(&g_wipe_policy, __ATOMIC_RELAXED) == VRAM_WIPE_ON_FREE;
+    uint64_t g = vram_registry_insert(node, b, address, bytes, c->device, tag, wipe);
     *ptr = (void *)address;
     if (generation) *generation = g;
     c->bytes = bytes;
@@ -134,11 +176,19 @@ static int free_generation(void *ptr, uint64_t generation) {
     const vram_backend *b;
     uintptr_t address;
     size_t bytes;
-    vram_entry_describe(e, &b, &c.device, &address, &bytes);
+    bool wipe_first;
+    vram_entry_describe(e, &b, &c.device, &address, &bytes, &wipe_first);
     if (vram_runtime_device_failed(c.device)) {
         /* The context is dead and its memory with it: drop the entry, call nothing. */
         vram_registry_free_finish(e, 2);
         return finish(&c, VRAM_ERR_DEVICE_FAILED);
+    }
+    if (wipe_first) {
+        int status = wipe(b, c.device, address, bytes, &c.driver_error);
+        if (status != VRAM_SUCCESS) { /* never free memory that still holds its bytes */
+            vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
+            return finish(&c, status);
+        }
     }
     int error = b->release(c.device, address, bytes);
     if (error != 0) {
@@ -187,7 +237,8 @@ static int copy(vram_op op, uintptr_t device_address, void *host, size_t bytes) 
     const vram_backend *b;
     uintptr_t base;
     size_t size;
-    vram_entry_describe(e, &b, &c.device, &base, &size);
+    bool wipe_on_free;
+    vram_entry_describe(e, &b, &c.device, &base, &size, &wipe_on_free);
     int status = VRAM_ERR_DEVICE_FAILED;
     if (!vram_runtime_device_failed(c.device)) {
         int error = op == VRAM_OP_MEMCPY_H2D ? b->copy_h2d(c.device, device_address, host, bytes)
@@ -224,11 +275,6 @@ int vram_get_info(size_t *free_bytes, size_t *total_bytes) {
     *free_bytes = f;
     *total_bytes = t;
     return finish(&c, VRAM_SUCCESS);
-}
-
-static int invalid(void) {
-    vram_set_last_error(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NONE, VRAM_OP_NONE, 0);
-    return VRAM_ERR_INVALID_PARAMETERS;
 }
 
 int vram_stats_get(int device, vram_stats *out, size_t out_size) {

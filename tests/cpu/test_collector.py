@@ -36,7 +36,7 @@ WORD = 1 << 64
 ALIGNMENT = 256
 INF = float("inf")
 
-OPS = ("malloc", "free", "memcpy_h2d", "memcpy_d2h", "get_info")
+OPS = ("malloc", "free", "memcpy_h2d", "memcpy_d2h", "get_info", "wipe")
 
 
 def round_up(n, a=ALIGNMENT):

@@ -9,7 +9,7 @@ import pytest
 import vramobs
 from vramobs import InvalidArgumentError, raw, stats
 
-OPS = ["malloc", "free", "memcpy_h2d", "memcpy_d2h", "get_info"]
+OPS = ["malloc", "free", "memcpy_h2d", "memcpy_d2h", "get_info", "wipe"]
 OK = "VRAM_SUCCESS"
 
 

@@ -16,7 +16,8 @@
  *     cuInit cuDriverGetVersion cuDeviceGetCount cuDeviceGet cuDeviceGetName
  *     cuDeviceGetUuid_v2 cuDeviceGetPCIBusId cuDeviceTotalMem_v2 cuDeviceGetAttribute
  *     cuDevicePrimaryCtxRetain cuCtxGetCurrent cuCtxPushCurrent_v2 cuCtxPopCurrent_v2
- *     cuMemAlloc_v2 cuMemFree_v2 cuMemcpyHtoD_v2 cuMemcpyDtoH_v2 cuMemGetInfo_v2 cuGetErrorName
+ *     cuMemAlloc_v2 cuMemFree_v2 cuMemcpyHtoD_v2 cuMemcpyDtoH_v2 cuMemGetInfo_v2 cuMemsetD8_v2
+ *     cuCtxSynchronize cuGetErrorName
  *
  * What is emulated, and how faithfully:
  *   - Every function but cuDriverGetVersion and cuGetErrorName answers
@@ -78,7 +79,8 @@
  *       Make the nth later call of function (1 = the very next one; counting starts at this
  *       call) return error instead of doing its work; nth == 0 makes every later call fail
  *       until fakecuda_reset(). function is any exported driver function, or "*" for any of
- *       cuMemAlloc, cuMemFree, cuMemcpyHtoD, cuMemcpyDtoH, cuMemGetInfo, cuCtxPushCurrent.
+ *       cuMemAlloc, cuMemFree, cuMemcpyHtoD, cuMemcpyDtoH, cuMemGetInfo, cuMemsetD8,
+ *       cuCtxPushCurrent.
  *       A failed call writes no outputs (error 0 makes the call "succeed" without doing its
  *       work: cuMemAlloc then returns pointer 0). If sticky != 0 and error != 0, once this
  *       fault fires every later call of every driver function returns error, except
@@ -151,6 +153,8 @@ FAKE_API unsigned long long fakecuda_live_bytes(void);
     X(FN_MEMCPY_HTOD, "cuMemcpyHtoD_v2", 1, 0)             \
     X(FN_MEMCPY_DTOH, "cuMemcpyDtoH_v2", 1, 0)             \
     X(FN_MEM_GET_INFO, "cuMemGetInfo_v2", 1, 0)            \
+    X(FN_MEMSET_D8, "cuMemsetD8_v2", 1, 0)                 \
+    X(FN_CTX_SYNCHRONIZE, "cuCtxSynchronize", 0, 0)        \
     X(FN_GET_ERROR_NAME, "cuGetErrorName", 0, 1)
 
 enum fake_fn {
@@ -861,6 +865,29 @@ CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t By
     GATE(FN_MEMCPY_DTOH);
     if ((CUdeviceptr)(uintptr_t)srcDevice != srcDevice) return CUDA_ERROR_INVALID_VALUE;
     return copy((uintptr_t)srcDevice, dstHost, ByteCount, 0);
+}
+
+CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
+    GATE(FN_MEMSET_D8);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    if (N == 0) return CUDA_SUCCESS;
+    if ((CUdeviceptr)(uintptr_t)dstDevice != dstDevice || dstDevice == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    pthread_rwlock_rdlock(&g_mem_lock);
+    if (find_range((uintptr_t)dstDevice, N)) {
+        memset((void *)(uintptr_t)dstDevice, uc, N);
+        r = CUDA_SUCCESS;
+    }
+    pthread_rwlock_unlock(&g_mem_lock);
+    return r;
+}
+
+CUresult CUDAAPI cuCtxSynchronize(void) {
+    GATE(FN_CTX_SYNCHRONIZE);
+    NEED_INIT();
+    return current_context() ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; /* all work is done */
 }
 
 CUresult CUDAAPI cuMemGetInfo_v2(size_t *free_mem, size_t *total_mem) {

@@ -74,7 +74,8 @@ pub const VRAM_OP_FREE: i32 = 1;
 pub const VRAM_OP_MEMCPY_H2D: i32 = 2;
 pub const VRAM_OP_MEMCPY_D2H: i32 = 3;
 pub const VRAM_OP_GET_INFO: i32 = 4;
-pub const VRAM_OP_COUNT_: i32 = 5;
+pub const VRAM_OP_WIPE: i32 = 5;
+pub const VRAM_OP_COUNT_: i32 = 6;
 /// Not an operation: device and backend queries (in `vram_error_info.op`).
 pub const VRAM_OP_NONE: i32 = -1;
 

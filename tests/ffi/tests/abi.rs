@@ -97,6 +97,7 @@ fn reason_and_op_names_match_the_header() {
         (VRAM_OP_MEMCPY_H2D, "memcpy_h2d"),
         (VRAM_OP_MEMCPY_D2H, "memcpy_d2h"),
         (VRAM_OP_GET_INFO, "get_info"),
+        (VRAM_OP_WIPE, "wipe"),
     ];
     assert_eq!(ops.len() as i32, VRAM_OP_COUNT_);
     for (code, label) in ops {
