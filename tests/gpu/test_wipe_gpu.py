@@ -33,13 +33,19 @@ def _residue(size: int, wipe: bool, random_bytes) -> float:  # type: ignore[no-u
         neighbour.close()
 
 
-@pytest.mark.parametrize("size", [512, MIB])
-def test_residue_with_and_without_wipe(size: int, random_bytes) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "size, residue_without_wipe",
+    # Measured on the H100: a small allocation is carved from a page the driver keeps, and
+    # comes back with every old byte; a 1 MiB one came back at the same address zeroed.
+    [(512, True), (MIB, None)],
+)
+def test_residue_with_and_without_wipe(size: int, residue_without_wipe, random_bytes) -> None:  # type: ignore[no-untyped-def]
     off = _residue(size, False, random_bytes)
     on = _residue(size, True, random_bytes)
     print(f"residue of a freed {size} B buffer in the next allocation: "
           f"{off:.1%} without wipe, {on:.1%} with wipe")
-    assert off > 0.99
+    if residue_without_wipe:
+        assert off > 0.99
     assert on < 0.01  # random bytes match zeros 1 time in 256; the test draws fresh ones
 
 
