@@ -565,12 +565,7 @@ static void print_summary(void) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    /* Before the first library call: the host backend reads these once. */
-    setenv("VRAMOBS_BACKEND", "host", 1);
-    setenv("VRAMOBS_HOST_DEVICES", "1", 1);
-    setenv("VRAMOBS_HOST_CAPACITY", FUZZ_CAPACITY_TEXT, 1);
-    FUZZ_CHECK(vram_select_backend("host") == VRAM_SUCCESS, "cannot select the host backend");
-    FUZZ_CHECK(strcmp(vram_backend_name(), "host") == 0, "backend %s", vram_backend_name());
+    fuzz_select_host_backend();
     size_t f = 0, t = 0;
     FUZZ_CHECK(vram_get_info(&f, &t) == VRAM_SUCCESS && f == FUZZ_CAPACITY && t == FUZZ_CAPACITY,
                "host backend capacity %zu free %zu, expected %zu", t, f, FUZZ_CAPACITY);

@@ -454,4 +454,17 @@ FUZZ_NO_COVERAGE static inline size_t copy_finish(model *m, copy_call *c) {
     return compared;
 }
 
+/* Select the emulated host backend with the fuzzers' capacity, before any other library
+ * call (the host backend reads its settings once), and check that it took. */
+static void fuzz_select_host_backend(void) {
+    setenv("VRAMOBS_BACKEND", "host", 1);
+    setenv("VRAMOBS_HOST_DEVICES", "1", 1);
+    setenv("VRAMOBS_HOST_CAPACITY", FUZZ_CAPACITY_TEXT, 1);
+    FUZZ_CHECK(vram_select_backend("host") == VRAM_SUCCESS, "cannot select the host backend");
+    FUZZ_CHECK(strcmp(vram_backend_name(), "host") == 0, "backend %s", vram_backend_name());
+    size_t f = 0, t = 0;
+    FUZZ_CHECK(vram_get_info(&f, &t) == VRAM_SUCCESS && t == FUZZ_CAPACITY,
+               "host backend capacity %zu, expected %zu", t, FUZZ_CAPACITY);
+}
+
 #endif /* VRAMOBS_FUZZ_COMMON_H */

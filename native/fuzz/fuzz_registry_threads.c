@@ -386,13 +386,7 @@ static void print_summary(void) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    setenv("VRAMOBS_BACKEND", "host", 1);
-    setenv("VRAMOBS_HOST_DEVICES", "1", 1);
-    setenv("VRAMOBS_HOST_CAPACITY", FUZZ_CAPACITY_TEXT, 1);
-    FUZZ_CHECK(vram_select_backend("host") == VRAM_SUCCESS, "cannot select the host backend");
-    size_t f = 0, t = 0;
-    FUZZ_CHECK(vram_get_info(&f, &t) == VRAM_SUCCESS && t == FUZZ_CAPACITY,
-               "host backend capacity %zu, expected %zu", t, FUZZ_CAPACITY);
+    fuzz_select_host_backend();
     atexit(print_summary);
     g_trace = getenv("VRAMOBS_FUZZ_TRACE") != NULL;
     return 0;
