@@ -4,11 +4,13 @@
 # Two separate builds of libvram_ops and of native/tests/stress.c (vram_stress):
 #   1. ASan+UBSan (-fsanitize=address,undefined -fno-sanitize-recover=all):
 #        vram_stress on the host backend and on the CUDA backend over tests/fakecuda;
+#        vram_soak (native/tests/soak.c: 16 threads, a million mixed operations) on the host
+#        backend;
 #        the Rust FFI tests (tests/ffi) against the ASan library, with the ASan runtime
 #        preloaded into the (uninstrumented) Rust test binaries and LeakSanitizer on, in the
 #        three modes of tests/run.sh: host backend, CUDA without a driver, CUDA over the fake.
 #   2. TSan (-fsanitize=thread): vram_stress with 32 threads on the host backend and over the
-#        fake driver, halting at the first report.
+#        fake driver, and vram_soak (a quarter of its operations), halting at the first report.
 # Exits non-zero on any sanitizer report or test failure; the last line is the summary.
 #
 # scale (default 1) multiplies the stress iterations; 1 takes about 1-2 minutes in all on
@@ -44,7 +46,8 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 # The interpreter whose packages hold the CUDA headers: tests/run.sh's .venv if there is one.
 if [ -z "${PYTHON:-}" ] && [ -x "$repo/.venv/bin/python" ]; then export PYTHON=$repo/.venv/bin/python; fi
-cmake_common=(-DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE= -DVRAMOBS_BUILD_SANITIZER_TESTS=ON)
+cmake_common=(-DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE= -DVRAMOBS_BUILD_SANITIZER_TESTS=ON
+              -DVRAMOBS_BUILD_SOAK=ON)
 [ -n "${PYTHON:-}" ] && cmake_common+=(-DPython_EXECUTABLE="$PYTHON")
 [ -n "${VRAMOBS_CUDA_INCLUDE_DIR:-}" ] &&
   cmake_common+=(-DVRAMOBS_CUDA_INCLUDE_DIR="$VRAMOBS_CUDA_INCLUDE_DIR")
@@ -88,7 +91,7 @@ configure_build() { # dir sanitize-list extra-cflags
     -DCMAKE_SHARED_LINKER_FLAGS="$link" -DCMAKE_EXE_LINKER_FLAGS="$link" \
     -DCMAKE_C_STANDARD_LIBRARIES="$libs" >"$work/logs/configure-$name.log" 2>&1 ||
     { cat "$work/logs/configure-$name.log"; return 1; }
-  cmake --build "$dir" --target vram_ops vram_stress >"$work/logs/build-$name.log" 2>&1 ||
+  cmake --build "$dir" --target vram_ops vram_stress vram_soak >"$work/logs/build-$name.log" 2>&1 ||
     { cat "$work/logs/build-$name.log"; return 1; }
 }
 
@@ -120,7 +123,9 @@ run() {
   local r
   r=$(count_reports "$log")
   local n=0
-  if [ "$kind" != rust ]; then
+  if [[ $kind == *soak ]]; then
+    n=$(grep -c '^SOAK ok ' "$log" || true)
+  elif [ "$kind" != rust ]; then
     n=$(sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1/p' "$log" | tail -n 1)
   else
     n=$(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
@@ -137,7 +142,7 @@ run() {
     if [ "$kind" = rust ]; then
       grep -E '^test result:' "$log" | sed 's/^/  /'
     else
-      grep -E '^(ok|FAIL) |passed, |^     ' "$log" | sed 's/^/  /'
+      grep -E '^(ok|FAIL) |passed, |^     |^SOAK ' "$log" | sed 's/^/  /'
     fi
     echo "--- $name: ok ($n passed, 0 reports)"
   fi
@@ -169,6 +174,7 @@ run asan-stress-host stress \
 run asan-stress-fakecuda stress \
   env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" \
   "$work/asan/native/vram_stress" "$threads" "$stress_iterations"
+run asan-soak-host soak "$work/asan/native/vram_soak" 16 $((1000000 * scale))
 
 # The Rust tests: cargo itself runs uninstrumented; only the test binaries get the ASan runtime
 # preloaded, through a cargo runner. Their own target directory keeps tests/ffi/target (linked
@@ -205,11 +211,12 @@ run tsan-stress-host tsan \
 run tsan-stress-fakecuda tsan \
   env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" \
   "$work/tsan/native/vram_stress" "$threads" "$tsan_iterations"
+run tsan-soak-host tsan-soak "$work/tsan/native/vram_soak" 16 $((250000 * scale))
 unset TSAN_OPTIONS
 
 elapsed=$(( $(date +%s) - start ))
 say "done in ${elapsed}s; logs in $work/logs"
-summary="asan+ubsan stress ${passed[stress]:-0} passed, rust ${passed[rust]:-0} passed; tsan stress ${passed[tsan]:-0} passed; $reports reports"
+summary="asan+ubsan stress ${passed[stress]:-0} passed, soak ${passed[soak]:-0} passed, rust ${passed[rust]:-0} passed; tsan stress ${passed[tsan]:-0} passed, soak ${passed[tsan-soak]:-0} passed; $reports reports"
 if [ $failures -ne 0 ]; then
   echo "SANITIZERS FAILED ($failures step(s)): $summary"
   exit 1

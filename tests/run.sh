@@ -32,9 +32,11 @@ VRAMOBS_BACKEND=host "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER=/nonexistent/libcuda.so.1 "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER="$repo/build/fakecuda/libfakecuda.so" "${cargo[@]}"
 
-# The C stress test (32 threads) and the Rust tests under ASan+UBSan, then TSan; then each
-# libFuzzer target for a minute against its shadow model.
+# The C stress test (32 threads), the soak and the Rust tests under ASan+UBSan, then TSan; the
+# soak again as built; then each libFuzzer target for a minute against its shadow model.
 PYTHON="$repo/.venv/bin/python" bash native/sanitize.sh
+# The soak as built: 16 threads, a million mixed operations on the host backend, nothing leaked.
+PYTHON="$repo/.venv/bin/python" bash native/soak.sh 16 1000000
 PYTHON="$repo/.venv/bin/python" bash native/fuzz/run.sh 60
 
 # Last, so that its summary closes the run.

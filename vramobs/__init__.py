@@ -8,7 +8,7 @@ when ``VRAMOBS_BACKEND=host`` or :func:`use_backend` selects it).
 from importlib import metadata as _metadata
 
 from ._native import NativeLibraryError, native_available
-from .buffer import DeviceBuffer, alloc, set_wipe_on_free, to_device, wipe_on_free
+from .buffer import DeviceBuffer, alloc, copy_path, set_wipe_on_free, to_device, wipe_on_free
 from .device import (
     DeviceInfo,
     DeviceState,
@@ -37,6 +37,18 @@ from .errors import (
     UnknownPointerError,
     VramError,
 )
+from .pinned import (
+    HostRegistration,
+    PinnedBuffer,
+    configure_staging,
+    host_numa_node,
+    host_stats,
+    pinned_empty,
+    register_host,
+    staging_config,
+    trim_pinned,
+)
+from .pool import PoolStats, disable_pool, empty_batch, enable_pool, pool_stats, trim_pool
 
 try:
     __version__ = _metadata.version("vramobs")
@@ -51,6 +63,7 @@ __all__ = (
     "DeviceInfo",
     "DeviceState",
     "DriverError",
+    "HostRegistration",
     "InteriorPointerError",
     "InvalidArgumentError",
     "MemInfo",
@@ -58,21 +71,36 @@ __all__ = (
     "NoDeviceError",
     "OutOfBoundsError",
     "OutOfMemoryError",
+    "PinnedBuffer",
+    "PoolStats",
     "UnknownPointerError",
     "VramError",
     "__version__",
     "alloc",
     "backend",
     "backend_diagnostic",
+    "configure_staging",
+    "copy_path",
     "current_device",
     "device_count",
     "device_info",
     "device_state",
+    "disable_pool",
+    "empty_batch",
+    "enable_pool",
     "get_info",
+    "host_numa_node",
+    "host_stats",
     "native_available",
+    "pinned_empty",
+    "pool_stats",
+    "register_host",
     "set_device",
     "set_wipe_on_free",
+    "staging_config",
     "to_device",
+    "trim_pinned",
+    "trim_pool",
     "usable_devices",
     "use_backend",
     "wipe_on_free",

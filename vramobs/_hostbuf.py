@@ -8,6 +8,7 @@ object cannot be resized or freed underneath C. Only C-contiguous buffers are ac
 from __future__ import annotations
 
 import ctypes
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,6 +46,9 @@ _release_buffer.restype = None
 
 def acquire(obj: object, writable: bool) -> _PyBuffer:
     """Export obj's contiguous memory (``.buf``, ``.len``); pair with :func:`release`."""
+    if sys.version_info < (3, 12) and hasattr(type(obj), "__buffer__"):
+        # PEP 688 buffers written in Python (PinnedBuffer) export themselves only from 3.12.
+        obj = obj.__buffer__(_PyBUF_WRITABLE if writable else _PyBUF_SIMPLE)  # type: ignore[attr-defined]
     view = _PyBuffer()
     try:
         _get_buffer(obj, view, _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE)

@@ -113,6 +113,52 @@ class AllocRecord(ctypes.Structure):
     ]
 
 
+class PoolStats(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("enabled", ctypes.c_uint32)] + [
+        (name, ctypes.c_uint64)
+        for name in (
+            "max_cached_bytes",
+            "cached_bytes",
+            "cached_blocks",
+            "hits_total",
+            "misses_total",
+            "released_bytes_total",
+            "live_blocks",
+            "slack_bytes",
+            "oom_retries_total",
+            "oom_give_ups_total",
+            "dropped_bytes_total",
+        )
+    ]
+
+
+class StagingConfig(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("threads", ctypes.c_uint32),
+        ("chunk_bytes", ctypes.c_uint64),
+        ("min_bytes", ctypes.c_uint64),
+        ("buffers", ctypes.c_uint32),
+        ("reserved_", ctypes.c_uint32),
+    ]
+
+
+class HostStats(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved_", ctypes.c_uint32)] + [
+        (name, ctypes.c_uint64)
+        for name in (
+            "live_count",
+            "live_bytes",
+            "cached_bytes",
+            "registered_count",
+            "registered_bytes",
+            "staging_bytes",
+            "staged_copies_total",
+            "staging_cleared_bytes_total",
+        )
+    ]
+
+
 _P = ctypes.POINTER
 _INT, _VOIDP, _SIZE, _U32, _U64 = (
     ctypes.c_int,
@@ -155,6 +201,22 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "vram_set_wipe_policy": ([_INT], _INT),
     "vram_get_wipe_policy": ([_P(_INT)], _INT),
     "vram_set_allocation_wipe": ([_VOIDP, _U64, _INT], _INT),
+    "vram_pool_set": ([_INT, _U64], _INT),
+    "vram_pool_trim": ([_INT, _U64], _INT),
+    "vram_pool_stats_get": ([_INT, _P(PoolStats), _SIZE], _INT),
+    "vram_malloc_batch": ([_P(_VOIDP), _P(_SIZE), _SIZE, _U32, _P(_U64)], _INT),
+    "vram_memcpy_d2d": ([_VOIDP, _VOIDP, _SIZE], _INT),
+    "vram_copy_path_get": ([_INT, _INT, _P(_INT)], _INT),
+    "vram_migrate": ([_VOIDP, _U64, _INT, _P(_VOIDP), _P(_U64)], _INT),
+    "vram_staging_get": ([_P(StagingConfig)], _INT),
+    "vram_staging_set": ([_P(StagingConfig)], _INT),
+    "vram_host_alloc": ([_P(_VOIDP), _SIZE], _INT),
+    "vram_host_free": ([_VOIDP], _INT),
+    "vram_host_register": ([_VOIDP, _SIZE], _INT),
+    "vram_host_unregister": ([_VOIDP], _INT),
+    "vram_host_trim": ([_SIZE], _INT),
+    "vram_host_stats_get": ([_P(HostStats), _SIZE], _INT),
+    "vram_host_numa_node": ([_INT, _P(_INT)], _INT),
 }
 
 _lock = threading.Lock()

@@ -10,6 +10,7 @@ ResourceWarning names the code that allocated it).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import threading
 import warnings
@@ -25,7 +26,14 @@ from .errors import (
     check,
 )
 
-__all__ = ["DeviceBuffer", "alloc", "to_device", "set_wipe_on_free", "wipe_on_free"]
+__all__ = [
+    "DeviceBuffer",
+    "alloc",
+    "copy_path",
+    "to_device",
+    "set_wipe_on_free",
+    "wipe_on_free",
+]
 
 _WIPE_OFF, _WIPE_ON_FREE = 0, 1
 
@@ -213,9 +221,37 @@ class DeviceBuffer:
         if status:
             check(status, f"copy of {nbytes} bytes")
 
-    def copy_from(self, src: Any, offset: int = 0) -> None:
-        """Copy all of host buffer ``src`` into this buffer, starting at ``offset``."""
+    def copy_from(
+        self, src: Any, offset: int = 0, *, src_offset: int = 0, nbytes: Optional[int] = None
+    ) -> None:
+        """Copy all of host buffer ``src`` into this buffer, starting at ``offset``.
+
+        ``src`` may also be a DeviceBuffer on any device: then ``nbytes`` bytes (default: to
+        its end) from ``src_offset`` are copied, within the GPU, peer to peer between GPUs
+        that allow it, or else through host memory (see :func:`copy_path`).
+        """
+        if isinstance(src, DeviceBuffer):
+            self._copy_device(src, offset, src_offset, nbytes)
+            return
+        if src_offset or nbytes is not None:
+            raise InvalidArgumentError("src_offset and nbytes apply to DeviceBuffer sources only")
         self._copy(True, src, offset)
+
+    def _copy_device(self, src: DeviceBuffer, offset: int, src_offset: int, nbytes: Optional[int]) -> None:
+        _nonnegative("src_offset", src_offset)
+        count = src._nbytes - src_offset if nbytes is None else _nonnegative("nbytes", nbytes)
+        source = src._span(src_offset, count)
+        target = self._span(offset, count)
+        d2d = _native.lib().vram_memcpy_d2d
+        if tracing.active():
+            op = "memcpy_" + copy_path(src._device, self._device)
+            status = tracing.traced(
+                op, lambda: d2d(target, source, count), nbytes=count, device=self._device
+            )
+        else:
+            status = d2d(target, source, count)
+        if status:
+            check(status, f"device copy of {count} bytes")
 
     def copy_to(self, dst: Any, offset: int = 0) -> None:
         """Fill all of writable host buffer ``dst`` from this buffer, starting at ``offset``."""
@@ -232,6 +268,39 @@ class DeviceBuffer:
         self.copy_to(out, offset)
         return bytes(out)
 
+    # -- placement ---------------------------------------------------------------------------
+
+    def migrate(self, device: int) -> DeviceBuffer:
+        """Move this buffer's bytes to ``device`` and return the buffer that holds them there.
+
+        All or nothing: on success this buffer is closed and the new one (same size, tag and
+        wipe policy) is returned; on failure this buffer is untouched and the exception says
+        why. Migrating to the buffer's own device returns this buffer.
+        """
+        self._check_open()
+        new_ptr, new_generation = ctypes.c_void_p(), ctypes.c_uint64()
+        migrate = _native.lib().vram_migrate
+
+        def call() -> int:
+            return migrate(self._address, self._generation, device, new_ptr, new_generation)
+
+        with _closing:
+            if not self._open:
+                raise ValueError("operation on a closed DeviceBuffer")
+            if tracing.active():
+                status = tracing.traced("migrate", call, nbytes=self._nbytes, device=device)
+            else:
+                status = call()
+            if status:
+                check(status, f"migrating {self._nbytes} bytes to device {device}")
+            if new_generation.value == self._generation:
+                return self
+            self._open = False
+        leaks.moved(self._generation, new_generation.value)
+        return DeviceBuffer._adopt(
+            new_ptr.value, self._nbytes, new_generation.value, device, self._tag
+        )
+
     # -- interoperability --------------------------------------------------------------------
 
     @property
@@ -245,6 +314,21 @@ class DeviceBuffer:
             # Copies through vramobs are synchronous: a consumer need not synchronize.
             "stream": None,
         }
+
+
+_PATHS = {0: "d2d", 1: "p2p", 2: "staged"}
+
+
+def copy_path(src_device: int, dst_device: int) -> str:
+    """How copies from ``src_device`` to ``dst_device`` travel: ``"d2d"`` within one device,
+    ``"p2p"`` peer to peer between devices, ``"staged"`` through host memory. The metrics
+    count copies under ``memcpy_<path>``."""
+    path = ctypes.c_int()
+    check(_native.lib().vram_copy_path_get(src_device, dst_device, ctypes.byref(path)))
+    return _PATHS[path.value]
+
+
+_THIS_DEVICE = contextlib.nullcontext()  # no device switch: cheaper than _on_device(None)
 
 
 def alloc(
@@ -271,7 +355,7 @@ def alloc(
     ptr = ctypes.c_void_p()
     generation = ctypes.c_uint64()
     malloc_ex = _native.lib().vram_malloc_ex
-    with _on_device(device):
+    with _THIS_DEVICE if device is None else _on_device(device):
         where = current_device() if device is None else device
         if tracing.active():
             status = tracing.traced(

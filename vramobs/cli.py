@@ -88,6 +88,9 @@ def _bench(args: argparse.Namespace) -> int:
     print("| call | bare | vramobs | overhead |\n|---|---|---|---|")
     for what, bare, ours in bench.overhead(args.budget):
         print(f"| {what} | {bare * 1e6:.2f} | {ours * 1e6:.2f} | {(ours - bare) * 1e6:.2f} |")
+    if device.backend() == "cuda" and not args.quick:
+        print("\nTargets (ratios against peers measured in this run)")
+        print(bench.targets_markdown(bench.measure_targets(args.budget)))
     live = 1000 if args.quick else 100_000
     print(f"\nscrape with {live} live allocations: {bench.scrape_seconds(live) * 1e3:.2f} ms")
     if args.json:

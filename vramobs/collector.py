@@ -22,7 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from . import __version__, _native, device, leaks, retry, stats, tags
+from . import __version__, _native, device, leaks, pinned, pool, retry, stats, tags
 from .errors import VramError
 from .nvml import NvmlMemory, NvmlReader
 
@@ -31,7 +31,13 @@ __all__ = ["VramCollector"]
 log = logging.getLogger(__name__)
 
 _DEVICE = ["gpu", "UUID"]
-_COPY_DIRECTIONS = {"memcpy_h2d": "h2d", "memcpy_d2h": "d2h"}
+_COPY_DIRECTIONS = {
+    "memcpy_h2d": "h2d",
+    "memcpy_d2h": "d2h",
+    "memcpy_d2d": "d2d",
+    "memcpy_p2p": "p2p",
+    "memcpy_staged": "staged",
+}
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class VramCollector:
                 continue
             memory = self._nvml.memory(dev.uuid)
             if memory is not None and memory.process_used is not None:
-                tracked = stats.registry_stats(dev.ordinal).live_rounded_bytes
+                tracked = _tracked_bytes(dev.ordinal)
                 self._context_bytes[dev.uuid] = max(memory.process_used - tracked, 0)
 
     # -- collection ----------------------------------------------------------------------------
@@ -149,6 +155,8 @@ class VramCollector:
         yield from self._device_state(devices)
         yield from self._operations(devices)
         yield from self._registry(devices)
+        yield from self._pool(devices)
+        yield from self._pinned()
         yield from self._memory(devices)
 
     def _device_state(self, devices: list[_Device]) -> Iterator[Metric]:
@@ -283,6 +291,53 @@ class VramCollector:
         yield from (live, live_bytes, peak, waste, oldest, allocs, frees, repeated, lost, leaked,
                     leaked_bytes, retries, give_ups, tag_bytes, tag_count)
 
+    def _pinned(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "vramobs_pinned_bytes", "Page-locked host memory vramobs holds, by kind",
+            labels=["kind"], unit="bytes",
+        )
+        staged = CounterMetricFamily(
+            "vramobs_staged_copies", "Copies of pageable host memory made through staging buffers"
+        )
+        cleared = CounterMetricFamily(
+            "vramobs_staging_cleared_bytes",
+            "Staging buffer bytes cleared after copies of allocations wiped on free", unit="bytes",
+        )
+        h = pinned.host_stats()
+        for kind, value in (("live", h.live_bytes), ("cached", h.cached_bytes),
+                            ("registered", h.registered_bytes), ("staging", h.staging_bytes)):
+            held.add_metric([kind], value)
+        staged.add_metric([], h.staged_copies_total)
+        cleared.add_metric([], h.staging_cleared_bytes_total)
+        yield from (held, staged, cleared)
+
+    def _pool(self, devices: list[_Device]) -> Iterator[Metric]:
+        cached = GaugeMetricFamily(
+            "vramobs_pool_cached_bytes", "Device memory the pool holds for reuse", labels=_DEVICE,
+            unit="bytes",
+        )
+        totals = {
+            name: CounterMetricFamily(
+                f"vramobs_pool_{name}", doc, labels=_DEVICE,
+                unit="bytes" if name.endswith("_bytes") else "",
+            )
+            for name, doc in (
+                ("hits", "Allocations served from the pool's cache"),
+                ("misses", "Allocations the pool passed to the driver"),
+                ("released_bytes", "Cached bytes returned to the driver (trim, full cache, OOM)"),
+                ("oom_retries", "Allocations retried after releasing the cache on out-of-memory"),
+                ("oom_give_ups", "Allocations still out of memory after releasing the cache"),
+                ("dropped_bytes", "Cached bytes lost with their failed device"),
+            )
+        }
+        for dev in devices:
+            s = pool.pool_stats(dev.ordinal)
+            cached.add_metric(dev.labels, s.cached_bytes)
+            for name, family in totals.items():
+                family.add_metric(dev.labels, getattr(s, f"{name}_total"))
+        yield cached
+        yield from totals.values()
+
     def _memory(self, devices: list[_Device]) -> Iterator[Metric]:
         memory = GaugeMetricFamily(
             "vramobs_device_memory_bytes",
@@ -328,7 +383,7 @@ class VramCollector:
             context.add_metric(labels, ctx)
             if nvml.process_used is not None:
                 process.add_metric(labels, nvml.process_used)
-                tracked = stats.registry_stats(dev.ordinal).live_rounded_bytes
+                tracked = _tracked_bytes(dev.ordinal)
                 unattributed.add_metric(labels, nvml.process_used - tracked - ctx)
         nvml_up.add_metric([], 1 if answered else 0)
         yield from (memory, discrepancy, process, unattributed, context, nvml_up)
@@ -348,6 +403,13 @@ class VramCollector:
         nvml = self._nvml.memory(dev.uuid) if dev.uuid.startswith("GPU-") else None
         self._readings[dev.ordinal] = (now, cuda, nvml)
         return cuda, nvml
+
+
+def _tracked_bytes(ordinal: int) -> int:
+    """Device memory vramobs holds: live allocations as the driver rounds them, and the pool's
+    blocks (cached, and the class rounding of those handed out)."""
+    held = pool.pool_stats(ordinal)
+    return stats.registry_stats(ordinal).live_rounded_bytes + held.cached_bytes + held.slack_bytes
 
 
 def _label_sets() -> tuple[list[tuple[str, str]], list[str]]:

@@ -21,7 +21,8 @@ from . import stats
 
 __all__ = ["LeakError", "LeakReport", "track_stacks", "leak_report", "leak_check", "counts"]
 
-_API_FILES = {os.path.join(os.path.dirname(__file__), "buffer.py")}  # alloc(), to_device()
+# alloc(), to_device(), empty_batch()
+_API_FILES = {os.path.join(os.path.dirname(__file__), name) for name in ("buffer.py", "pool.py")}
 _depth = 1
 _lock = threading.Lock()
 _sites: dict[int, list[tuple[str, int, str]]] = {}  # generation -> (file, line, function)s
@@ -51,6 +52,13 @@ def remember(generation: int) -> None:
 
 def forget(generation: int) -> None:
     _sites.pop(generation, None)
+
+
+def moved(old_generation: int, new_generation: int) -> None:
+    """A migrated allocation keeps the site of the code that made the original."""
+    site = _sites.pop(old_generation, None)
+    if site is not None:
+        _sites[new_generation] = site
 
 
 def where(generation: int) -> str:

@@ -104,6 +104,26 @@ int main(int argc, char **argv) {
                    CHECK(vram_free(vtmp));
                });
     printf("| malloc+free | %.0f | %.0f | %.0f |\n", raw, ours, ours - raw);
+    /* The pool: each freed block serves the next allocation, with no driver call. */
+    vram_pool_stats pool_before, pool_after;
+    CHECK(vram_pool_set(0, (uint64_t)64 << 20));
+    CHECK(vram_pool_stats_get(0, &pool_before, sizeof pool_before));
+    MEDIANS_NS(raw, ours, ROUNDS, per_round / 10,
+               {
+                   CHECK(mem_alloc(&tmp, SIZE));
+                   CHECK(mem_free(tmp));
+               },
+               {
+                   CHECK(vram_malloc(&vtmp, SIZE));
+                   CHECK(vram_free(vtmp));
+               });
+    CHECK(vram_pool_stats_get(0, &pool_after, sizeof pool_after));
+    printf("| malloc+free, pooled (%llu of %llu from the cache) | %.0f | %.0f | %.0f |\n",
+           (unsigned long long)(pool_after.hits_total - pool_before.hits_total),
+           (unsigned long long)(pool_after.hits_total - pool_before.hits_total +
+                                pool_after.misses_total - pool_before.misses_total),
+           raw, ours, ours - raw);
+    CHECK(vram_pool_set(0, 0));
     /* The parts: the clock (read twice per call), and validation with the registry lookup,
      * timed by a copy refused before the driver. */
     struct timespec ts;

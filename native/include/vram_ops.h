@@ -30,7 +30,8 @@
  *
  * Environment: VRAMOBS_BACKEND (cuda|host), VRAMOBS_CUDA_DRIVER (path of libcuda),
  * VRAMOBS_HOST_DEVICES (emulated device count, default 1), VRAMOBS_HOST_CAPACITY (bytes per
- * emulated device, default 8 GiB).
+ * emulated device, default 8 GiB), VRAMOBS_HOST_PEER (1, default: emulated devices copy peer
+ * to peer; 0: through host memory).
  *
  * All functions are thread-safe. None aborts, throws or returns without a code.
  */
@@ -61,11 +62,11 @@ extern "C" {
  * VRAM_VERSION_NUMBER to detect a header/library mismatch.
  * ---------------------------------------------------------------------------------------- */
 #define VRAM_VERSION_MAJOR 0
-#define VRAM_VERSION_MINOR 1
+#define VRAM_VERSION_MINOR 2
 #define VRAM_VERSION_PATCH 0
 #define VRAM_VERSION_NUMBER \
     (VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH)
-#define VRAM_VERSION_STRING "0.1.0"
+#define VRAM_VERSION_STRING "0.2.0"
 
 VRAM_API unsigned vram_version_number(void);
 VRAM_API const char *vram_version_string(void);
@@ -99,20 +100,22 @@ VRAM_API const char *vram_strerror(int status);
 
 /* Why a call was refused before reaching the driver: the security signal. Counted per
  * operation in vram_op_stats.refused_by_reason and reported by vram_last_error(). */
-#define VRAM_REASON_MAP(XX)                           \
-    XX(0, NONE, "none")                               \
-    XX(1, NULL_POINTER, "null_pointer")               \
-    XX(2, ZERO_SIZE, "zero_size")                     \
-    XX(3, SIZE_OVERFLOW, "size_overflow")             \
-    XX(4, RANGE_WRAP, "range_wrap")                   \
-    XX(5, UNKNOWN_POINTER, "unknown_pointer")         \
-    XX(6, FREED_POINTER, "freed_pointer")             \
-    XX(7, INTERIOR_POINTER, "interior_pointer")       \
-    XX(8, OUT_OF_BOUNDS, "out_of_bounds")             \
-    XX(9, INVALID_DEVICE, "invalid_device")           \
-    XX(10, INVALID_TAG, "invalid_tag")                \
-    XX(11, INVALID_GENERATION, "invalid_generation")  \
-    XX(12, INVALID_BACKEND, "invalid_backend")
+#define VRAM_REASON_MAP(XX)                          \
+    XX(0, NONE, "none")                              \
+    XX(1, NULL_POINTER, "null_pointer")              \
+    XX(2, ZERO_SIZE, "zero_size")                    \
+    XX(3, SIZE_OVERFLOW, "size_overflow")            \
+    XX(4, RANGE_WRAP, "range_wrap")                  \
+    XX(5, UNKNOWN_POINTER, "unknown_pointer")        \
+    XX(6, FREED_POINTER, "freed_pointer")            \
+    XX(7, INTERIOR_POINTER, "interior_pointer")      \
+    XX(8, OUT_OF_BOUNDS, "out_of_bounds")            \
+    XX(9, INVALID_DEVICE, "invalid_device")          \
+    XX(10, INVALID_TAG, "invalid_tag")               \
+    XX(11, INVALID_GENERATION, "invalid_generation") \
+    XX(12, INVALID_BACKEND, "invalid_backend")       \
+    XX(13, OVERLAP, "overlap")                       \
+    XX(14, INVALID_CONFIG, "invalid_config")
 
 typedef enum vram_reason {
 #define VRAM_REASON_ENUM_(code, name, label) VRAM_REASON_##name = code,
@@ -215,8 +218,8 @@ typedef struct vram_device_props {
  * described (without a driver call); one that failed before it -> VRAM_ERR_DEVICE_FAILED. */
 VRAM_API int vram_device_props_get(int device, vram_device_props *props);
 
-/* Backends. vram_select_backend("host" | "cuda") -> 10 while allocations are live, 2 for an
- * unknown name. vram_backend_name() answers the backend in use (selecting the default from
+/* Backends. vram_select_backend("host" | "cuda") -> 10 while allocations are live or device
+ * pool blocks cached (see vram_pool_trim), 2 for an unknown name. vram_backend_name() answers the backend in use (selecting the default from
  * VRAMOBS_BACKEND on first use). vram_backend_diagnostic() says why a backend is unavailable
  * ("" when it is available). Both return static strings, never NULL. */
 VRAM_API int vram_select_backend(const char *name);
@@ -235,16 +238,189 @@ VRAM_API void vram_last_error(vram_error_info *out);
 VRAM_API const char *vram_driver_error_name(int driver_error); /* "CUDA_ERROR_OUT_OF_MEMORY" */
 
 /* ------------------------------------------------------------------------------------------
+ * Copies between device allocations and migration between devices.
+ * ---------------------------------------------------------------------------------------- */
+
+typedef enum vram_copy_path {
+    VRAM_PATH_DEVICE = 0, /* both ranges on one device: counted as memcpy_d2d */
+    VRAM_PATH_PEER = 1,   /* between devices, peer to peer: memcpy_p2p */
+    VRAM_PATH_STAGED = 2  /* between devices through host memory: memcpy_staged */
+} vram_copy_path;
+
+/* Copy bytes from the device range src to the device range dst. Each range must lie inside
+ * one live allocation (5 or 6 as for the other copies, and no byte is written); ranges that
+ * overlap -> 2 (reason overlap). Between devices the copy goes peer to peer where the
+ * hardware allows it (peer access is enabled on first use) and through host memory
+ * otherwise; it is counted under the path taken. Done when the call returns. */
+VRAM_API int vram_memcpy_d2d(void *dst, const void *src, size_t bytes);
+
+/* The path that copies from src_device to dst_device take (a vram_copy_path). */
+VRAM_API int vram_copy_path_get(int src_device, int dst_device, int *path);
+
+/* Move the live allocation (ptr, generation) to device: a new allocation there, of the same
+ * size, owner tag and wipe policy, receives its bytes, then the old one is freed. On success
+ * *new_ptr and *new_generation (which may be NULL) name the new allocation. All or nothing:
+ * on any failure the old allocation is live and unchanged and nothing new remains. Moving an
+ * allocation to its own device succeeds and returns it unchanged. Counted as migrate. */
+VRAM_API int vram_migrate(void *ptr, uint64_t generation, int device, void **new_ptr,
+                          uint64_t *new_generation);
+
+/* ------------------------------------------------------------------------------------------
+ * Pageable copies at pinned speed: staging.
+ *
+ * A copy between device memory and ordinary (pageable) host memory of at least min_bytes
+ * runs through page-locked staging buffers, made once per device and direction: host
+ * threads move chunks between the caller's memory and the staging buffers while the copy
+ * engine moves the chunks before them. Each direction has its own buffers, threads and
+ * stream, so a host-to-device and a device-to-host copy run at once. Copies from or to
+ * pinned memory (vram_host_alloc, vram_host_register) skip staging. A staging buffer that
+ * carried bytes of an allocation under VRAM_WIPE_ON_FREE is cleared after the copy.
+ * ---------------------------------------------------------------------------------------- */
+
+typedef struct vram_staging_config {
+    uint32_t struct_size;  /* sizeof(vram_staging_config) */
+    uint32_t threads;      /* host copy threads per device and direction (0..64, default 8);
+                            * 0 turns staging off */
+    uint64_t chunk_bytes;  /* bytes per staging buffer (4 KiB..1 GiB, default 4 MiB) */
+    uint64_t min_bytes;    /* smaller pageable copies go to the driver directly (default 1 MiB) */
+    uint32_t buffers;      /* staging buffers per thread (1..16, default 2) */
+    uint32_t reserved_;    /* 0 */
+} vram_staging_config;
+
+/* Read or change the configuration (environment: VRAMOBS_STAGING_THREADS,
+ * VRAMOBS_STAGING_CHUNK_BYTES, VRAMOBS_STAGING_MIN_BYTES, VRAMOBS_STAGING_BUFFERS; a malformed
+ * or out-of-range value there turns staging off, which vram_staging_get shows as threads 0).
+ * Out-of-range values or a struct_size other than sizeof(vram_staging_config) -> 2 (reason
+ * invalid_config). A change applies to copies that start after it; changing threads,
+ * chunk_bytes or buffers waits for staged copies in flight and releases the staging buffers
+ * (made again by the next staged copy). Staged copies in one direction on one device take
+ * turns: each uses every thread of its engine. */
+VRAM_API int vram_staging_get(vram_staging_config *out);
+VRAM_API int vram_staging_set(const vram_staging_config *config);
+
+/* ------------------------------------------------------------------------------------------
+ * Pinned (page-locked) host memory, usable by every device.
+ * ---------------------------------------------------------------------------------------- */
+
+/* Page-locked host memory from a cache of freed blocks (the driver's allocation costs
+ * milliseconds). Counted as host_alloc and host_free. Sizes are rounded up to a size class
+ * (4 KiB, then four classes per power of two); a freed block is zeroed (its requested bytes)
+ * when it enters the cache, so it is reused clean. The driver allocates a block with the
+ * calling thread bound to the CPUs of its device's NUMA node, where its pages are placed.
+ * When the driver refuses a block, the cache is released and the allocation tried again.
+ * vram_host_free: NULL -> success; a pointer vram_host_alloc did not return -> 5; an interior
+ * one -> 7. */
+VRAM_API int vram_host_alloc(void **ptr, size_t bytes);
+VRAM_API int vram_host_free(void *ptr);
+/* Page-lock a caller's buffer until vram_host_unregister(ptr): copies from and to it then skip
+ * staging. Overlapping an already registered or vram_host_alloc range -> 2 (overlap). */
+VRAM_API int vram_host_register(void *ptr, size_t bytes);
+VRAM_API int vram_host_unregister(void *ptr);
+/* Return cached pinned blocks to the driver, keeping at most keep_bytes. */
+VRAM_API int vram_host_trim(size_t keep_bytes);
+
+typedef struct vram_host_stats {
+    uint32_t struct_size;
+    uint32_t reserved_;
+    uint64_t live_count;        /* vram_host_alloc blocks in use */
+    uint64_t live_bytes;        /* their page-locked bytes (sizes rounded to their class) */
+    uint64_t cached_bytes;      /* freed blocks kept for reuse */
+    uint64_t registered_count;  /* caller buffers registered */
+    uint64_t registered_bytes;
+    uint64_t staging_bytes;     /* page-locked staging buffers */
+    uint64_t staged_copies_total;
+    uint64_t staging_cleared_bytes_total; /* staging bytes cleared after copies of
+                                           * VRAM_WIPE_ON_FREE allocations */
+} vram_host_stats;
+
+VRAM_API int vram_host_stats_get(vram_host_stats *out, size_t out_size);
+
+/* The host NUMA node nearest a device, where its staging buffers and threads live: read from
+ * /sys/bus/pci/devices/<its PCI bus id>/numa_node (VRAMOBS_SYSFS_PCI_DEVICES names another
+ * directory, for tests). -1 when unknown (no such file, a single-node machine reporting -1,
+ * the host backend): then nothing is bound. Invalid device -> 2. */
+VRAM_API int vram_host_numa_node(int device, int *node);
+
+/* ------------------------------------------------------------------------------------------
+ * Device memory pool and batch allocation.
+ *
+ * Off by default. On a device where it is on, vram_free keeps the device memory of an
+ * allocation in a cache of size classes instead of returning it to the driver, and
+ * vram_malloc on that device takes a cached block of its class before calling the driver.
+ * Everything else is as without the pool: the five operations keep their codes, a reused
+ * block is a new allocation (new generation; bytes past the requested size are out of
+ * bounds), timing and counts are the same operations. A block freed under VRAM_WIPE_ON_FREE
+ * is wiped before it enters the cache. When the driver is out of memory, the device's cache
+ * is released and the allocation tried once more (and, where the class rounded the request
+ * up, once more at its own size) before it fails.
+ *
+ * Classes follow the driver's rounding: up to 1 MiB, four per power of two, 256 B-granular
+ * (a block is at most 25% larger than the request); above, whole 2 MiB pages. A freed block
+ * enters the cache only while the cache has room for it (else it goes to the driver), and a
+ * block of an allocation made while the pool was off goes to the driver as without the pool.
+ * Cached blocks count as held memory: vram_select_backend answers 10 while any are cached
+ * (trim first). A device latched failed drops its cached blocks without a driver call
+ * (counted in dropped_bytes_total).
+ * ---------------------------------------------------------------------------------------- */
+
+/* Turn the pool of a device on, caching at most max_cached_bytes (0 turns it off and
+ * releases the cache); lowering the bound releases what is over it, counted as pool_trim.
+ * An unknown device -> 2 (invalid_device). */
+VRAM_API int vram_pool_set(int device, uint64_t max_cached_bytes);
+/* Return cached blocks to the driver, largest first, keeping at most keep_bytes per device
+ * (device -1: every device). Timed and counted as the operation pool_trim, once per device,
+ * with the bytes released. A release the driver refuses leaves its block cached -> 9 (8 if
+ * the failure latched the device). */
+VRAM_API int vram_pool_trim(int device, uint64_t keep_bytes);
+
+typedef struct vram_pool_stats {
+    uint32_t struct_size;
+    uint32_t enabled;
+    uint64_t max_cached_bytes;
+    uint64_t cached_bytes;       /* device memory held by cached blocks */
+    uint64_t cached_blocks;
+    uint64_t hits_total;         /* allocations served from the cache */
+    uint64_t misses_total;       /* allocations that called the driver */
+    uint64_t released_bytes_total; /* returned to the driver by trim, overflow or OOM */
+    uint64_t live_blocks;        /* pool blocks handed out to live allocations */
+    uint64_t slack_bytes;        /* their bytes past the driver's rounding of the requests:
+                                    device memory the registry's live_rounded_bytes omits */
+    uint64_t oom_retries_total;  /* allocations tried again after out-of-memory */
+    uint64_t oom_give_ups_total; /* of those, the ones that failed all the same */
+    uint64_t dropped_bytes_total; /* cached bytes dropped with their failed device */
+} vram_pool_stats;
+
+/* One device's pool, or the sum over all with device -1 (enabled: how many are on). */
+
+VRAM_API int vram_pool_stats_get(int device, vram_pool_stats *out, size_t out_size);
+
+/* Allocate count buffers on this thread's device, all or nothing: on success ptrs[i] (and
+ * generations[i], when generations is not NULL) for every i; on failure every ptrs[i] is
+ * NULL, nothing stays allocated, and the code is that of the first failure. Each size follows
+ * vram_malloc's rules; count 0 or a count whose arrays would overflow -> 2. Every input is
+ * checked before the first allocation: a refusal counts as one refused malloc. Then each
+ * buffer counts as one malloc, and the buffers undone after a failure as frees. */
+VRAM_API int vram_malloc_batch(void **ptrs, const size_t *sizes, size_t count, uint32_t tag,
+                               uint64_t *generations);
+
+/* ------------------------------------------------------------------------------------------
  * Observability: per-call aggregates kept in C with atomics, copied out on demand.
  * ---------------------------------------------------------------------------------------- */
 
-#define VRAM_OP_MAP(XX)             \
-    XX(0, MALLOC, "malloc")         \
-    XX(1, FREE, "free")             \
-    XX(2, MEMCPY_H2D, "memcpy_h2d") \
-    XX(3, MEMCPY_D2H, "memcpy_d2h") \
-    XX(4, GET_INFO, "get_info")     \
-    XX(5, WIPE, "wipe")
+#define VRAM_OP_MAP(XX)                   \
+    XX(0, MALLOC, "malloc")               \
+    XX(1, FREE, "free")                   \
+    XX(2, MEMCPY_H2D, "memcpy_h2d")       \
+    XX(3, MEMCPY_D2H, "memcpy_d2h")       \
+    XX(4, GET_INFO, "get_info")           \
+    XX(5, WIPE, "wipe")                   \
+    XX(6, MEMCPY_D2D, "memcpy_d2d")       \
+    XX(7, MEMCPY_P2P, "memcpy_p2p")       \
+    XX(8, MEMCPY_STAGED, "memcpy_staged") \
+    XX(9, MIGRATE, "migrate")             \
+    XX(10, HOST_ALLOC, "host_alloc")      \
+    XX(11, HOST_FREE, "host_free")        \
+    XX(12, POOL_TRIM, "pool_trim")
 
 typedef enum vram_op {
 #define VRAM_OP_ENUM_(code, name, label) VRAM_OP_##name = code,

@@ -2,40 +2,19 @@
  * build). Each device is used through its primary context, the one the CUDA runtime, PyTorch
  * and CuPy use, so pointers interoperate. The caller's current context is left as found. */
 #include <dlfcn.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <cudaTypedefs.h>
-
+#include "cuda_driver.h"
+#include "hostmem.h"
 #include "internal.h"
 
 #define DRIVER_DEFAULT "libcuda.so.1"
 
-static struct {
-    PFN_cuInit_v2000 init;
-    PFN_cuDriverGetVersion_v2020 driver_get_version;
-    PFN_cuDeviceGetCount_v2000 device_get_count;
-    PFN_cuDeviceGet_v2000 device_get;
-    PFN_cuDeviceGetName_v2000 device_get_name;
-    PFN_cuDeviceGetUuid_v11040 device_get_uuid;
-    PFN_cuDeviceGetPCIBusId_v4010 device_get_pci_bus_id;
-    PFN_cuDeviceTotalMem_v3020 device_total_mem;
-    PFN_cuDeviceGetAttribute_v2000 device_get_attribute;
-    PFN_cuDevicePrimaryCtxRetain_v7000 primary_ctx_retain;
-    PFN_cuCtxGetCurrent_v4000 ctx_get_current;
-    PFN_cuCtxPushCurrent_v4000 ctx_push_current;
-    PFN_cuCtxPopCurrent_v4000 ctx_pop_current;
-    PFN_cuMemAlloc_v3020 mem_alloc;
-    PFN_cuMemFree_v3020 mem_free;
-    PFN_cuMemcpyHtoD_v3020 memcpy_htod;
-    PFN_cuMemcpyDtoH_v3020 memcpy_dtoh;
-    PFN_cuMemGetInfo_v3020 mem_get_info;
-    PFN_cuMemsetD8_v3020 memset_d8;
-    PFN_cuCtxSynchronize_v2000 ctx_synchronize;
-    PFN_cuGetErrorName_v6000 get_error_name;
-} cu;
+vram_cuda_driver vram_cu;
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static bool g_ready;
@@ -47,45 +26,29 @@ static pthread_mutex_t g_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *name_of(CUresult r) {
     const char *name = NULL;
-    if (cu.get_error_name && cu.get_error_name(r, &name) == CUDA_SUCCESS && name) return name;
+    if (vram_cu.get_error_name && vram_cu.get_error_name(r, &name) == CUDA_SUCCESS && name)
+        return name;
     return "CUDA_ERROR_UNRECOGNIZED";
 }
 
 static bool load_symbols(void *lib, const char *path) {
-    /* Versioned ABI names: each exists in every driver since the version in its typedef. */
     static const struct {
         const char *symbol;
-        void **slot;
+        size_t offset;
     } table[] = {
-        {"cuInit", (void **)&cu.init},
-        {"cuDriverGetVersion", (void **)&cu.driver_get_version},
-        {"cuDeviceGetCount", (void **)&cu.device_get_count},
-        {"cuDeviceGet", (void **)&cu.device_get},
-        {"cuDeviceGetName", (void **)&cu.device_get_name},
-        {"cuDeviceGetUuid_v2", (void **)&cu.device_get_uuid},
-        {"cuDeviceGetPCIBusId", (void **)&cu.device_get_pci_bus_id},
-        {"cuDeviceTotalMem_v2", (void **)&cu.device_total_mem},
-        {"cuDeviceGetAttribute", (void **)&cu.device_get_attribute},
-        {"cuDevicePrimaryCtxRetain", (void **)&cu.primary_ctx_retain},
-        {"cuCtxGetCurrent", (void **)&cu.ctx_get_current},
-        {"cuCtxPushCurrent_v2", (void **)&cu.ctx_push_current},
-        {"cuCtxPopCurrent_v2", (void **)&cu.ctx_pop_current},
-        {"cuMemAlloc_v2", (void **)&cu.mem_alloc},
-        {"cuMemFree_v2", (void **)&cu.mem_free},
-        {"cuMemcpyHtoD_v2", (void **)&cu.memcpy_htod},
-        {"cuMemcpyDtoH_v2", (void **)&cu.memcpy_dtoh},
-        {"cuMemGetInfo_v2", (void **)&cu.mem_get_info},
-        {"cuMemsetD8_v2", (void **)&cu.memset_d8},
-        {"cuCtxSynchronize", (void **)&cu.ctx_synchronize},
-        {"cuGetErrorName", (void **)&cu.get_error_name},
+#define VRAM_CUDA_ENTRY_(slot, symbol, type) {#symbol, offsetof(vram_cuda_driver, slot)},
+        VRAM_CUDA_FUNCTIONS(VRAM_CUDA_ENTRY_)
+#undef VRAM_CUDA_ENTRY_
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
-        *table[i].slot = dlsym(lib, table[i].symbol);
-        if (!*table[i].slot) {
+        void *fn = dlsym(lib, table[i].symbol);
+        if (!fn) {
             snprintf(g_diagnostic, sizeof g_diagnostic, "%s lacks the symbol %s (driver too old?)",
                      path, table[i].symbol);
             return false;
         }
+        /* Every slot is a function pointer: POSIX makes dlsym's result convertible to one. */
+        memcpy((char *)&vram_cu + table[i].offset, &fn, sizeof fn);
     }
     return true;
 }
@@ -104,19 +67,19 @@ static void cuda_setup(void) {
         return;
     }
     if (!load_symbols(lib, path)) return;
-    CUresult r = cu.init(0);
+    CUresult r = vram_cu.init(0);
     if (r != CUDA_SUCCESS) {
         snprintf(g_diagnostic, sizeof g_diagnostic, "cuInit failed: %s (%d)", name_of(r), (int)r);
         return;
     }
     int count = 0;
-    r = cu.device_get_count(&count);
+    r = vram_cu.device_get_count(&count);
     if (r != CUDA_SUCCESS || count <= 0) {
         snprintf(g_diagnostic, sizeof g_diagnostic, "no CUDA device: cuDeviceGetCount gave %d (%s)",
                  count, r == CUDA_SUCCESS ? "CUDA_SUCCESS" : name_of(r));
         return;
     }
-    cu.driver_get_version(&g_driver_version);
+    vram_cu.driver_get_version(&g_driver_version);
     g_devices = count < VRAM_MAX_DEVICES ? count : VRAM_MAX_DEVICES;
     g_ready = true;
 }
@@ -130,7 +93,7 @@ static const char *cuda_diagnostic(void) { return g_diagnostic; }
 
 static int cuda_device_count(void) { return g_devices; }
 
-static CUresult primary_context(int device, CUcontext *ctx) {
+CUresult vram_cuda_primary_context(int device, CUcontext *ctx) {
     *ctx = __atomic_load_n(&g_ctx[device], __ATOMIC_ACQUIRE);
     if (*ctx) return CUDA_SUCCESS;
     pthread_mutex_lock(&g_ctx_lock);
@@ -138,8 +101,8 @@ static CUresult primary_context(int device, CUcontext *ctx) {
     *ctx = g_ctx[device];
     if (!*ctx) {
         CUdevice dev;
-        r = cu.device_get(&dev, device);
-        if (r == CUDA_SUCCESS) r = cu.primary_ctx_retain(ctx, dev);
+        r = vram_cu.device_get(&dev, device);
+        if (r == CUDA_SUCCESS) r = vram_cu.primary_ctx_retain(ctx, dev);
         if (r == CUDA_SUCCESS) __atomic_store_n(&g_ctx[device], *ctx, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&g_ctx_lock);
@@ -147,85 +110,198 @@ static CUresult primary_context(int device, CUcontext *ctx) {
 }
 
 /* Make the device's primary context current for one call; *pushed says to pop it after. */
-static CUresult enter(int device, bool *pushed) {
+CUresult vram_cuda_enter(int device, bool *pushed) {
     CUcontext ctx, current = NULL;
     *pushed = false;
-    CUresult r = primary_context(device, &ctx);
+    CUresult r = vram_cuda_primary_context(device, &ctx);
     if (r != CUDA_SUCCESS) return r;
-    r = cu.ctx_get_current(&current);
+    r = vram_cu.ctx_get_current(&current);
     if (r != CUDA_SUCCESS || current == ctx) return r;
-    r = cu.ctx_push_current(ctx);
+    r = vram_cu.ctx_push_current(ctx);
     *pushed = r == CUDA_SUCCESS;
     return r;
 }
 
-static void leave(bool pushed) {
+void vram_cuda_leave(bool pushed) {
     CUcontext popped;
-    if (pushed) cu.ctx_pop_current(&popped);
+    if (pushed) vram_cu.ctx_pop_current(&popped);
 }
 
 static int cuda_alloc(int device, size_t bytes, uintptr_t *out) {
     bool pushed;
-    CUresult r = enter(device, &pushed);
+    CUresult r = vram_cuda_enter(device, &pushed);
     if (r == CUDA_SUCCESS) {
         CUdeviceptr p = 0;
-        r = cu.mem_alloc(&p, bytes);
+        r = vram_cu.mem_alloc(&p, bytes);
         if (r == CUDA_SUCCESS) *out = (uintptr_t)p;
     }
-    leave(pushed);
+    vram_cuda_leave(pushed);
     return (int)r;
 }
 
 static int cuda_release(int device, uintptr_t address, size_t bytes) {
     (void)bytes;
     bool pushed;
-    CUresult r = enter(device, &pushed);
-    if (r == CUDA_SUCCESS) r = cu.mem_free((CUdeviceptr)address);
-    leave(pushed);
+    CUresult r = vram_cuda_enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.mem_free((CUdeviceptr)address);
+    vram_cuda_leave(pushed);
     return (int)r;
 }
 
-static int cuda_copy_h2d(int device, uintptr_t dst, const void *src, size_t bytes) {
+/* Pageable host memory of staging size goes through the staging engine (staging.c). */
+static int cuda_copy_h2d(int device, uintptr_t dst, const void *src, size_t bytes,
+                         bool sensitive) {
+    int staged;
+    if (vram_staging_applies(src, bytes) &&
+        vram_staging_copy(VRAM_STAGE_H2D, device, dst, (void *)(uintptr_t)src, bytes, sensitive,
+                          &staged))
+        return staged;
     bool pushed;
-    CUresult r = enter(device, &pushed);
-    if (r == CUDA_SUCCESS) r = cu.memcpy_htod((CUdeviceptr)dst, src, bytes);
-    leave(pushed);
+    CUresult r = vram_cuda_enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.memcpy_htod((CUdeviceptr)dst, src, bytes);
+    vram_cuda_leave(pushed);
     return (int)r;
 }
 
-static int cuda_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes) {
+static int cuda_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes,
+                         bool sensitive) {
+    int staged;
+    if (vram_staging_applies(dst, bytes) &&
+        vram_staging_copy(VRAM_STAGE_D2H, device, src, dst, bytes, sensitive, &staged))
+        return staged;
     bool pushed;
-    CUresult r = enter(device, &pushed);
-    if (r == CUDA_SUCCESS) r = cu.memcpy_dtoh(dst, (CUdeviceptr)src, bytes);
-    leave(pushed);
+    CUresult r = vram_cuda_enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.memcpy_dtoh(dst, (CUdeviceptr)src, bytes);
+    vram_cuda_leave(pushed);
     return (int)r;
 }
 
 static int cuda_wipe(int device, uintptr_t address, size_t bytes) {
     bool pushed;
-    CUresult r = enter(device, &pushed);
-    if (r == CUDA_SUCCESS) r = cu.memset_d8((CUdeviceptr)address, 0, bytes);
-    if (r == CUDA_SUCCESS) r = cu.ctx_synchronize(); /* zeroed before the memory is released */
-    leave(pushed);
+    CUresult r = vram_cuda_enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.memset_d8((CUdeviceptr)address, 0, bytes);
+    if (r == CUDA_SUCCESS) r = vram_cu.ctx_synchronize(); /* zeroed before the memory is released */
+    vram_cuda_leave(pushed);
+    return (int)r;
+}
+
+/* Device-to-device copies are asynchronous to the host in the driver: each is issued on the
+ * legacy default stream (ordered after work others put there, as cudaMemcpy is) and waited
+ * for, so that it is done when the operation returns. */
+static int cuda_copy_d2d(int device, uintptr_t dst, uintptr_t src, size_t bytes) {
+    bool pushed;
+    CUresult r = vram_cuda_enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.memcpy_dtod((CUdeviceptr)dst, (CUdeviceptr)src, bytes);
+    if (r == CUDA_SUCCESS) r = vram_cu.stream_synchronize(NULL);
+    vram_cuda_leave(pushed);
+    return (int)r;
+}
+
+/* Peer access from dst_device to src_device's memory: enabled once, remembered per pair. */
+enum { PEER_UNKNOWN = 0, PEER_ON, PEER_OFF };
+static int g_peer[VRAM_MAX_DEVICES][VRAM_MAX_DEVICES]; /* atomic */
+static pthread_mutex_t g_peer_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int enable_peer(int src_device, int dst_device) {
+    CUdevice src, dst;
+    int can = 0;
+    if (vram_cu.device_get(&src, src_device) != CUDA_SUCCESS ||
+        vram_cu.device_get(&dst, dst_device) != CUDA_SUCCESS ||
+        vram_cu.device_can_access_peer(&can, dst, src) != CUDA_SUCCESS || !can)
+        return PEER_OFF;
+    CUcontext src_ctx;
+    bool pushed;
+    if (vram_cuda_primary_context(src_device, &src_ctx) != CUDA_SUCCESS) return PEER_OFF;
+    CUresult r = vram_cuda_enter(dst_device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.ctx_enable_peer_access(src_ctx, 0);
+    vram_cuda_leave(pushed);
+    /* Someone else (PyTorch, CuPy) may have enabled it already: that is as good. */
+    return r == CUDA_SUCCESS || r == CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED ? PEER_ON : PEER_OFF;
+}
+
+static bool cuda_peer_capable(int src_device, int dst_device) {
+    if (src_device == dst_device) return false;
+    int state = __atomic_load_n(&g_peer[src_device][dst_device], __ATOMIC_ACQUIRE);
+    if (state == PEER_UNKNOWN) {
+        pthread_mutex_lock(&g_peer_lock);
+        state = g_peer[src_device][dst_device];
+        if (state == PEER_UNKNOWN) {
+            state = enable_peer(src_device, dst_device);
+            __atomic_store_n(&g_peer[src_device][dst_device], state, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&g_peer_lock);
+    }
+    return state == PEER_ON;
+}
+
+/* Issued in the destination's context, which then waits for it (cuMemcpyPeer is ordered with
+ * the work of both contexts but asynchronous to the host). */
+static int cuda_copy_peer(int dst_device, uintptr_t dst, int src_device, uintptr_t src,
+                          size_t bytes) {
+    CUcontext dst_ctx, src_ctx;
+    CUresult r = vram_cuda_primary_context(dst_device, &dst_ctx);
+    if (r == CUDA_SUCCESS) r = vram_cuda_primary_context(src_device, &src_ctx);
+    if (r != CUDA_SUCCESS) return (int)r;
+    bool pushed;
+    r = vram_cuda_enter(dst_device, &pushed);
+    if (r == CUDA_SUCCESS)
+        r = vram_cu.memcpy_peer((CUdeviceptr)dst, dst_ctx, (CUdeviceptr)src, src_ctx, bytes);
+    if (r == CUDA_SUCCESS) r = vram_cu.stream_synchronize(NULL);
+    vram_cuda_leave(pushed);
+    return (int)r;
+}
+
+/* Page-locked host memory is portable (usable from every context); the driver still wants
+ * one current to make or release it: device 0's primary context. */
+static int cuda_host_alloc(size_t bytes, void **out) {
+    bool pushed;
+    CUresult r = vram_cuda_enter(0, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.mem_host_alloc(out, bytes, CU_MEMHOSTALLOC_PORTABLE);
+    vram_cuda_leave(pushed);
+    return (int)r;
+}
+
+static int cuda_host_free(void *ptr) {
+    bool pushed;
+    CUresult r = vram_cuda_enter(0, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.mem_free_host(ptr);
+    vram_cuda_leave(pushed);
+    return (int)r;
+}
+
+static int cuda_host_register(void *ptr, size_t bytes) {
+    bool pushed;
+    CUresult r = vram_cuda_enter(0, &pushed);
+    if (r == CUDA_SUCCESS)
+        r = vram_cu.mem_host_register(ptr, bytes, CU_MEMHOSTREGISTER_PORTABLE);
+    vram_cuda_leave(pushed);
+    return (int)r;
+}
+
+static int cuda_host_unregister(void *ptr) {
+    bool pushed;
+    CUresult r = vram_cuda_enter(0, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.mem_host_unregister(ptr);
+    vram_cuda_leave(pushed);
     return (int)r;
 }
 
 static int cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
     bool pushed;
-    CUresult r = enter(device, &pushed);
-    if (r == CUDA_SUCCESS) r = cu.mem_get_info(free_bytes, total_bytes);
-    leave(pushed);
+    CUresult r = vram_cuda_enter(device, &pushed);
+    if (r == CUDA_SUCCESS) r = vram_cu.mem_get_info(free_bytes, total_bytes);
+    vram_cuda_leave(pushed);
     return (int)r;
 }
 
 static int cuda_props(int device, vram_device_props *out) {
     CUdevice dev;
-    CUresult r = cu.device_get(&dev, device);
+    CUresult r = vram_cu.device_get(&dev, device);
     if (r != CUDA_SUCCESS) return VRAM_ERR_DRIVER;
-    if (cu.device_get_name(out->name, (int)sizeof out->name, dev) != CUDA_SUCCESS)
+    if (vram_cu.device_get_name(out->name, (int)sizeof out->name, dev) != CUDA_SUCCESS)
         out->name[0] = '\0';
     CUuuid id;
-    if (cu.device_get_uuid(&id, dev) == CUDA_SUCCESS) {
+    if (vram_cu.device_get_uuid(&id, dev) == CUDA_SUCCESS) {
         const unsigned char *b = (const unsigned char *)id.bytes;
         snprintf(out->uuid, sizeof out->uuid,
                  "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
@@ -233,17 +309,17 @@ static int cuda_props(int device, vram_device_props *out) {
                  b[14], b[15]);
     }
     char bus[32] = {0};
-    if (cu.device_get_pci_bus_id(bus, (int)sizeof bus, dev) == CUDA_SUCCESS) {
+    if (vram_cu.device_get_pci_bus_id(bus, (int)sizeof bus, dev) == CUDA_SUCCESS) {
         /* The driver writes a 4-digit PCI domain; NVML and DCGM write 8: join on theirs. */
         unsigned domain = 0, b = 0, d = 0, f = 0;
         if (sscanf(bus, "%x:%x:%x.%x", &domain, &b, &d, &f) == 4)
             snprintf(out->pci_bus_id, sizeof out->pci_bus_id, "%08X:%02X:%02X.%X", domain, b, d, f);
     }
     size_t total = 0;
-    if (cu.device_total_mem(&total, dev) == CUDA_SUCCESS) out->total_bytes = total;
-    cu.device_get_attribute(&out->compute_capability_major,
+    if (vram_cu.device_total_mem(&total, dev) == CUDA_SUCCESS) out->total_bytes = total;
+    vram_cu.device_get_attribute(&out->compute_capability_major,
                             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
-    cu.device_get_attribute(&out->compute_capability_minor,
+    vram_cu.device_get_attribute(&out->compute_capability_minor,
                             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
     out->driver_version = g_driver_version;
     return VRAM_SUCCESS;
@@ -306,6 +382,13 @@ const vram_backend vram_backend_cuda = {
     .mem_info = cuda_mem_info,
     .wipe = cuda_wipe,
     .props = cuda_props,
+    .copy_d2d = cuda_copy_d2d,
+    .peer_capable = cuda_peer_capable,
+    .copy_peer = cuda_copy_peer,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .host_register = cuda_host_register,
+    .host_unregister = cuda_host_unregister,
     .footprint = cuda_footprint,
     .classify = cuda_classify,
     .error_name = cuda_error_name,

@@ -23,6 +23,7 @@ static char g_diagnostic[160];
 static int g_devices = 1;
 static uint64_t g_capacity = HOST_DEFAULT_CAPACITY;
 static uint64_t g_used[VRAM_MAX_DEVICES]; /* atomic */
+static bool g_peer = true;
 
 /* Parse an unsigned decimal environment variable; false (with a diagnostic) if malformed. */
 static bool env_u64(const char *name, uint64_t min, uint64_t max, uint64_t *value) {
@@ -41,10 +42,12 @@ static bool env_u64(const char *name, uint64_t min, uint64_t max, uint64_t *valu
 }
 
 static void host_setup(void) {
-    uint64_t devices = 1;
+    uint64_t devices = 1, peer = 1;
     g_ready = env_u64("VRAMOBS_HOST_DEVICES", 1, VRAM_MAX_DEVICES, &devices) &&
-              env_u64("VRAMOBS_HOST_CAPACITY", 1, UINT64_MAX >> 1, &g_capacity);
+              env_u64("VRAMOBS_HOST_CAPACITY", 1, UINT64_MAX >> 1, &g_capacity) &&
+              env_u64("VRAMOBS_HOST_PEER", 0, 1, &peer);
     g_devices = (int)devices;
+    g_peer = peer == 1;
 }
 
 static bool host_init(void) {
@@ -86,15 +89,61 @@ static int host_release(int device, uintptr_t address, size_t bytes) {
 }
 
 /* memmove: with emulated device memory in host RAM, a caller may pass overlapping ranges. */
-static int host_copy_h2d(int device, uintptr_t dst, const void *src, size_t bytes) {
-    (void)device;
+static int host_copy_h2d(int device, uintptr_t dst, const void *src, size_t bytes,
+                         bool sensitive) {
+    (void)device, (void)sensitive; /* no intermediate copy to clear */
     memmove((void *)dst, src, bytes);
     return HOST_OK;
 }
 
-static int host_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes) {
-    (void)device;
+static int host_copy_d2h(int device, void *dst, uintptr_t src, size_t bytes,
+                         bool sensitive) {
+    (void)device, (void)sensitive;
     memmove(dst, (const void *)src, bytes);
+    return HOST_OK;
+}
+
+static int host_copy_d2d(int device, uintptr_t dst, uintptr_t src, size_t bytes) {
+    (void)device;
+    memmove((void *)dst, (const void *)src, bytes);
+    return HOST_OK;
+}
+
+/* Emulated devices reach each other peer to peer unless VRAMOBS_HOST_PEER=0, which makes
+ * every copy between them go through host memory, as on GPUs without peer access. */
+static bool host_peer_capable(int src_device, int dst_device) {
+    return src_device != dst_device && g_peer;
+}
+
+static int host_copy_peer(int dst_device, uintptr_t dst, int src_device, uintptr_t src,
+                          size_t bytes) {
+    (void)dst_device;
+    (void)src_device;
+    memmove((void *)dst, (const void *)src, bytes);
+    return HOST_OK;
+}
+
+/* Pinned host memory is plain page-aligned memory here; registration locks nothing (pinned.c
+ * keeps the record). */
+static int host_pinned_alloc(size_t bytes, void **out) {
+    *out = aligned_alloc(4096, bytes); /* bytes: a whole number of pages (pinned.c) */
+    if (!*out) return HOST_OUT_OF_MEMORY;
+    memset(*out, 0, bytes); /* as the fresh pages the driver locks: no heap leftovers */
+    return HOST_OK;
+}
+
+static int host_pinned_free(void *ptr) {
+    free(ptr);
+    return HOST_OK;
+}
+
+static int host_register(void *ptr, size_t bytes) {
+    (void)ptr, (void)bytes;
+    return HOST_OK;
+}
+
+static int host_unregister(void *ptr) {
+    (void)ptr;
     return HOST_OK;
 }
 
@@ -150,6 +199,13 @@ const vram_backend vram_backend_host = {
     .mem_info = host_mem_info,
     .wipe = host_wipe,
     .props = host_props,
+    .copy_d2d = host_copy_d2d,
+    .peer_capable = host_peer_capable,
+    .copy_peer = host_copy_peer,
+    .host_alloc = host_pinned_alloc,
+    .host_free = host_pinned_free,
+    .host_register = host_register,
+    .host_unregister = host_unregister,
     .footprint = host_footprint,
     .classify = host_classify,
     .error_name = host_error_name,

@@ -27,11 +27,23 @@ typedef struct vram_backend {
     int (*device_count)(void);
     int (*alloc)(int device, size_t bytes, uintptr_t *out);
     int (*release)(int device, uintptr_t address, size_t bytes);
-    int (*copy_h2d)(int device, uintptr_t dst, const void *src, size_t bytes);
-    int (*copy_d2h)(int device, void *dst, uintptr_t src, size_t bytes);
+    /* sensitive: the allocation is under VRAM_WIPE_ON_FREE (host copies of its bytes made on
+     * the way, such as staging buffers, are cleared after the copy). */
+    int (*copy_h2d)(int device, uintptr_t dst, const void *src, size_t bytes, bool sensitive);
+    int (*copy_d2h)(int device, void *dst, uintptr_t src, size_t bytes, bool sensitive);
     int (*mem_info)(int device, size_t *free_bytes, size_t *total_bytes);
     int (*wipe)(int device, uintptr_t address, size_t bytes); /* zeros, done when it returns */
     int (*props)(int device, vram_device_props *out);
+    /* Copies between device ranges: on one device, and peer to peer between two devices
+     * (peer_capable enables peer access once and answers whether it is on). */
+    int (*copy_d2d)(int device, uintptr_t dst, uintptr_t src, size_t bytes);
+    bool (*peer_capable)(int src_device, int dst_device);
+    int (*copy_peer)(int dst_device, uintptr_t dst, int src_device, uintptr_t src, size_t bytes);
+    /* Page-locked host memory, usable by every device, and registration of a caller's. */
+    int (*host_alloc)(size_t bytes, void **out);
+    int (*host_free)(void *ptr);
+    int (*host_register)(void *ptr, size_t bytes);
+    int (*host_unregister)(void *ptr);
     /* Device memory an allocation of this size takes, as the driver rounds it. */
     size_t (*footprint)(size_t bytes);
     vram_fault (*classify)(int driver_error);
@@ -51,6 +63,13 @@ void vram_runtime_latch(int device);
  * waits for it, and sees it live. */
 void vram_runtime_allocation_begin(void);
 void vram_runtime_allocation_end(void);
+
+/* pool.c: the device memory pool. vram_pool_alloc and vram_pool_release stand in for the
+ * backend's alloc and release (a block from the cache / into it where the pool is on; the
+ * driver's codes otherwise). vram_pool_idle: no block cached or handed out on any device. */
+int vram_pool_alloc(const vram_backend *backend, int device, size_t bytes, uintptr_t *out);
+int vram_pool_release(const vram_backend *backend, int device, uintptr_t address, size_t bytes);
+bool vram_pool_idle(void);
 
 /* registry.c: live allocations, pinned by copies, remembered after free. */
 typedef enum vram_lookup {
@@ -73,6 +92,8 @@ bool vram_registry_set_wipe(uintptr_t address, uint64_t generation, bool wipe);
 
 /* Find the live allocation holding [address, address + bytes) and pin it against free. */
 vram_lookup vram_registry_pin(uintptr_t address, size_t bytes, vram_entry **entry, int *device);
+/* Pin exactly the live allocation (address, generation); false if it is not live there. */
+bool vram_registry_pin_allocation(uintptr_t address, uint64_t generation, vram_entry **entry);
 void vram_registry_unpin(vram_entry *entry);
 
 /* The free protocol: begin (waits for copies, marks the entry as being freed), then finish
@@ -93,6 +114,8 @@ void vram_registry_free_finish(vram_entry *entry, int outcome);
 void vram_entry_describe(const vram_entry *entry, const vram_backend **backend, int *device,
                          uintptr_t *address, size_t *bytes, bool *wipe);
 
+void vram_entry_identity(const vram_entry *entry, uint64_t *generation, uint32_t *tag);
+
 uint64_t vram_registry_live_count(void);
 int vram_registry_stats_copy(int device, vram_registry_stats *out);
 int vram_registry_list_copy(int device, vram_alloc_record *out, size_t capacity, size_t *count);
@@ -104,6 +127,22 @@ int vram_stats_copy(int device, vram_stats *out);
 
 /* Thread-local last error (vram_ops.c). */
 void vram_set_last_error(int status, vram_reason reason, vram_op op, int driver_error);
+
+/* One operation in flight (vram_ops.c), for every file that implements an operation:
+ * vram_call_begin() starts its clock, vram_call_finish() counts and times it and sets the
+ * last error on failure, vram_call_refuse() finishes a refusal with its reason. */
+typedef struct vram_call {
+    vram_op op;
+    uint64_t start_ns;
+    int device; /* where it counts: the allocation's device once known, else the thread's */
+    vram_reason reason;
+    int driver_error;
+    size_t bytes;
+} vram_call;
+
+vram_call vram_call_begin(vram_op op);
+int vram_call_finish(vram_call *c, int status);
+int vram_call_refuse(vram_call *c, int status, vram_reason reason);
 
 /* Overflow-checked arithmetic. */
 static inline bool vram_add_overflows(uintptr_t a, size_t b, uintptr_t *sum) {

@@ -180,6 +180,18 @@ vram_lookup vram_registry_pin(uintptr_t address, size_t bytes, vram_entry **entr
     return result;
 }
 
+bool vram_registry_pin_allocation(uintptr_t address, uint64_t generation, vram_entry **entry) {
+    pthread_mutex_lock(&g_lock);
+    vram_entry *e = generation ? live_generation(generation) : NULL;
+    bool found = e && e->node.key == address && !e->freeing;
+    if (found) {
+        e->pins++;
+        *entry = e;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return found;
+}
+
 void vram_registry_unpin(vram_entry *e) {
     pthread_mutex_lock(&g_lock);
     if (--e->pins == 0) {
@@ -281,6 +293,11 @@ void vram_entry_describe(const vram_entry *e, const vram_backend **backend, int 
     *address = e->node.key;
     *bytes = e->bytes;
     *wipe = e->wipe;
+}
+
+void vram_entry_identity(const vram_entry *e, uint64_t *generation, uint32_t *tag) {
+    *generation = e->generation; /* immutable */
+    *tag = e->tag;
 }
 
 bool vram_registry_set_wipe(uintptr_t address, uint64_t generation, bool wipe) {

@@ -91,7 +91,9 @@ int vram_select_backend(const char *name) {
     int status = VRAM_SUCCESS;
     if (wanted != __atomic_load_n(&g_backend, __ATOMIC_ACQUIRE) ||
         __atomic_load_n(&g_env_invalid, __ATOMIC_ACQUIRE)) {
-        if (vram_registry_live_count() > 0) {
+        /* Cached pool blocks belong to the backend that made them. Live allocations first: a
+         * free caches its block before its entry goes. */
+        if (vram_registry_live_count() > 0 || !vram_pool_idle()) {
             status = fail(VRAM_ERR_BUSY, VRAM_REASON_NONE);
         } else {
             __atomic_store_n(&g_env_invalid, 0, __ATOMIC_RELEASE);

@@ -35,6 +35,19 @@ static uint64_t bytes_per_second(uint64_t bytes, uint64_t ns) {
     return bps >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)bps;
 }
 
+static bool is_copy(vram_op op) {
+    switch (op) {
+    case VRAM_OP_MEMCPY_H2D:
+    case VRAM_OP_MEMCPY_D2H:
+    case VRAM_OP_MEMCPY_D2D:
+    case VRAM_OP_MEMCPY_P2P:
+    case VRAM_OP_MEMCPY_STAGED:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static int bandwidth_bucket(uint64_t bps) {
     int b = ceil_log2(bps) - 20;
     if (b < 0) return 0;
@@ -74,7 +87,7 @@ void vram_stats_record(int device, vram_op op, int status, vram_reason reason, s
         if (bytes) {
             bump(&s->bytes_ok, bytes);
             bump(&s->size_ok[size_bucket(bytes)], 1);
-            if (op == VRAM_OP_MEMCPY_H2D || op == VRAM_OP_MEMCPY_D2H) {
+            if (is_copy(op)) {
                 uint64_t bps = bytes_per_second(bytes, elapsed_ns);
                 bump(&s->bandwidth_ok[bandwidth_bucket(bps)], 1);
                 bump(&s->bandwidth_ok_sum, bps);

@@ -1,5 +1,6 @@
 /* The public operations: validate, resolve through the registry, call the backend, time and
  * count. Every path returns a code; every failure sets this thread's last error. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -17,31 +18,31 @@ void vram_last_error(vram_error_info *out) {
     if (out) *out = t_last_error;
 }
 
-/* One call in flight: what it will report when it finishes. */
-typedef struct call {
-    vram_op op;
-    uint64_t start_ns;
-    int device; /* where it counts: the allocation's device once known, else the thread's */
-    vram_reason reason;
-    int driver_error;
-    size_t bytes;
-} call;
+/* One call in flight: what it will report when it finishes (shared through internal.h). */
+typedef vram_call call;
 
-static call begin(vram_op op) {
+vram_call vram_call_begin(vram_op op) {
     call c = {op, vram_now_ns(), vram_runtime_thread_device(), VRAM_REASON_NONE, 0, 0};
     return c;
 }
 
-static int finish(call *c, int status) {
+int vram_call_finish(vram_call *c, int status) {
     vram_stats_record(c->device, c->op, status, c->reason, status == VRAM_SUCCESS ? c->bytes : 0,
                       vram_now_ns() - c->start_ns);
     if (status != VRAM_SUCCESS) vram_set_last_error(status, c->reason, c->op, c->driver_error);
     return status;
 }
 
-static int refuse(call *c, int status, vram_reason reason) {
+int vram_call_refuse(vram_call *c, int status, vram_reason reason) {
     c->reason = reason;
-    return finish(c, status);
+    return vram_call_finish(c, status);
+}
+
+/* The short names this file uses. */
+static inline call begin(vram_op op) { return vram_call_begin(op); }
+static inline int finish(call *c, int status) { return vram_call_finish(c, status); }
+static inline int refuse(call *c, int status, vram_reason reason) {
+    return vram_call_refuse(c, status, reason);
 }
 
 /* Translate a driver failure; a sticky one latches the device. */
@@ -119,7 +120,7 @@ static int allocate(call *c, void **ptr, size_t bytes, uint32_t tag, uint64_t *g
     vram_entry *node = vram_registry_node_new(); /* before the driver: recording cannot fail */
     if (!node) return VRAM_ERR_ALLOCATION_FAILED;
     uintptr_t address = 0;
-    int error = b->alloc(c->device, bytes, &address);
+    int error = vram_pool_alloc(b, c->device, bytes, &address); /* the driver, or the pool */
     if (error != 0 || address == 0) {
         vram_registry_node_delete(node);
         return error ? driver_failure(c, b, c->device, error, VRAM_ERR_ALLOCATION_FAILED)
@@ -190,7 +191,7 @@ static int free_generation(void *ptr, uint64_t generation) {
             return finish(&c, status);
         }
     }
-    int error = b->release(c.device, address, bytes);
+    int error = vram_pool_release(b, c.device, address, bytes); /* or into the pool's cache */
     if (error != 0) {
         int status = driver_failure(&c, b, c.device, error, VRAM_ERR_DRIVER);
         vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
@@ -211,6 +212,24 @@ int vram_free_ex(void *ptr, uint64_t generation) {
     return free_generation(ptr, generation);
 }
 
+/* Pin the live allocation holding a device range, or say why there is none. */
+static int pin_range(call *c, uintptr_t address, size_t bytes, vram_entry **e, int *device) {
+    switch (vram_registry_pin(address, bytes, e, device)) {
+    case VRAM_LOOKUP_LIVE:
+        return VRAM_SUCCESS;
+    case VRAM_LOOKUP_FREED:
+        c->reason = VRAM_REASON_FREED_POINTER;
+        return VRAM_ERR_UNKNOWN_POINTER;
+    case VRAM_LOOKUP_OUT_OF_BOUNDS:
+        c->reason = VRAM_REASON_OUT_OF_BOUNDS;
+        return VRAM_ERR_OUT_OF_BOUNDS;
+    case VRAM_LOOKUP_UNKNOWN:
+        break;
+    }
+    c->reason = VRAM_REASON_UNKNOWN_POINTER;
+    return VRAM_ERR_UNKNOWN_POINTER;
+}
+
 /* Both copies: device_address is the device side, host the host side. */
 static int copy(vram_op op, uintptr_t device_address, void *host, size_t bytes) {
     call c = begin(op);
@@ -224,25 +243,18 @@ static int copy(vram_op op, uintptr_t device_address, void *host, size_t bytes) 
     if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
 
     vram_entry *e = NULL;
-    switch (vram_registry_pin(device_address, bytes, &e, &c.device)) {
-    case VRAM_LOOKUP_UNKNOWN:
-        return refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER);
-    case VRAM_LOOKUP_FREED:
-        return refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_FREED_POINTER);
-    case VRAM_LOOKUP_OUT_OF_BOUNDS:
-        return refuse(&c, VRAM_ERR_OUT_OF_BOUNDS, VRAM_REASON_OUT_OF_BOUNDS);
-    case VRAM_LOOKUP_LIVE:
-        break;
-    }
+    int status = pin_range(&c, device_address, bytes, &e, &c.device);
+    if (status != VRAM_SUCCESS) return finish(&c, status);
     const vram_backend *b;
     uintptr_t base;
     size_t size;
     bool wipe_on_free;
     vram_entry_describe(e, &b, &c.device, &base, &size, &wipe_on_free);
-    int status = VRAM_ERR_DEVICE_FAILED;
+    status = VRAM_ERR_DEVICE_FAILED;
     if (!vram_runtime_device_failed(c.device)) {
-        int error = op == VRAM_OP_MEMCPY_H2D ? b->copy_h2d(c.device, device_address, host, bytes)
-                                             : b->copy_d2h(c.device, host, device_address, bytes);
+        int error = op == VRAM_OP_MEMCPY_H2D
+                        ? b->copy_h2d(c.device, device_address, host, bytes, wipe_on_free)
+                        : b->copy_d2h(c.device, host, device_address, bytes, wipe_on_free);
         status = error ? driver_failure(&c, b, c.device, error, VRAM_ERR_COPY_FAILED)
                        : VRAM_SUCCESS;
     }
@@ -274,6 +286,186 @@ int vram_get_info(size_t *free_bytes, size_t *total_bytes) {
     if (error != 0) return finish(&c, driver_failure(&c, b, c.device, error, VRAM_ERR_DRIVER));
     *free_bytes = f;
     *total_bytes = t;
+    return finish(&c, VRAM_SUCCESS);
+}
+
+/* ---- Copies between allocations and migration between devices ---- */
+
+#define STAGED_CHUNK ((size_t)64 << 20) /* host bounce buffer for copies without peer access */
+
+/* Between devices without peer access: through a host bounce buffer, chunk by chunk. A
+ * failure latches (if sticky) the device whose call failed. */
+static int copy_staged(call *c, const vram_backend *b, int dst_device, uintptr_t dst,
+                       int src_device, uintptr_t src, size_t bytes, bool clear) {
+    size_t chunk = bytes < STAGED_CHUNK ? bytes : STAGED_CHUNK;
+    unsigned char *bounce = malloc(chunk);
+    if (!bounce) return VRAM_ERR_COPY_FAILED;
+    int status = VRAM_SUCCESS;
+    for (size_t done = 0; done < bytes && status == VRAM_SUCCESS; done += chunk) {
+        size_t n = bytes - done < chunk ? bytes - done : chunk;
+        int error = b->copy_d2h(src_device, bounce, src + done, n, clear);
+        if (error)
+            status = driver_failure(c, b, src_device, error, VRAM_ERR_COPY_FAILED);
+        else if ((error = b->copy_h2d(dst_device, dst + done, bounce, n, clear)) != 0)
+            status = driver_failure(c, b, dst_device, error, VRAM_ERR_COPY_FAILED);
+    }
+    if (clear) explicit_bzero(bounce, chunk); /* it held bytes that are to be wiped */
+    free(bounce);
+    return status;
+}
+
+static int copy_path(const vram_backend *b, int src_device, int dst_device) {
+    if (src_device == dst_device) return VRAM_PATH_DEVICE;
+    return b->peer_capable(src_device, dst_device) ? VRAM_PATH_PEER : VRAM_PATH_STAGED;
+}
+
+/* Copy between two pinned ranges; the call is counted under the path taken, on the
+ * destination's device. A sticky failure of a device or peer copy latches the destination's
+ * device, whose context ran the copy. */
+static int copy_pinned(call *c, vram_entry *dst_entry, uintptr_t dst, vram_entry *src_entry,
+                       uintptr_t src, size_t bytes) {
+    const vram_backend *b;
+    int dst_device, src_device;
+    uintptr_t base;
+    size_t size;
+    bool dst_wipe, src_wipe;
+    vram_entry_describe(dst_entry, &b, &dst_device, &base, &size, &dst_wipe);
+    vram_entry_describe(src_entry, &b, &src_device, &base, &size, &src_wipe);
+    c->device = dst_device;
+    if (vram_runtime_device_failed(src_device) || vram_runtime_device_failed(dst_device))
+        return VRAM_ERR_DEVICE_FAILED;
+    int error;
+    switch (copy_path(b, src_device, dst_device)) {
+    case VRAM_PATH_DEVICE:
+        c->op = VRAM_OP_MEMCPY_D2D;
+        error = b->copy_d2d(dst_device, dst, src, bytes);
+        break;
+    case VRAM_PATH_PEER:
+        c->op = VRAM_OP_MEMCPY_P2P;
+        error = b->copy_peer(dst_device, dst, src_device, src, bytes);
+        break;
+    default:
+        c->op = VRAM_OP_MEMCPY_STAGED;
+        return copy_staged(c, b, dst_device, dst, src_device, src, bytes, dst_wipe || src_wipe);
+    }
+    return error ? driver_failure(c, b, dst_device, error, VRAM_ERR_COPY_FAILED) : VRAM_SUCCESS;
+}
+
+int vram_memcpy_d2d(void *dst, const void *src, size_t bytes) {
+    call c = begin(VRAM_OP_MEMCPY_D2D);
+    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src, end;
+    if (!dst || !src) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    if (bytes == 0) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
+    if (vram_add_overflows(d, bytes, &end) || vram_add_overflows(s, bytes, &end))
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
+    /* The driver's device copies are undefined for overlapping ranges. */
+    if (d < s + bytes && s < d + bytes)
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP);
+    if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
+    vram_entry *src_entry = NULL, *dst_entry = NULL;
+    int status = pin_range(&c, s, bytes, &src_entry, &c.device);
+    if (status != VRAM_SUCCESS) return finish(&c, status);
+    status = pin_range(&c, d, bytes, &dst_entry, &c.device);
+    if (status == VRAM_SUCCESS) {
+        status = copy_pinned(&c, dst_entry, d, src_entry, s, bytes);
+        vram_registry_unpin(dst_entry);
+    }
+    vram_registry_unpin(src_entry);
+    c.bytes = bytes;
+    return finish(&c, status);
+}
+
+int vram_copy_path_get(int src_device, int dst_device, int *path) {
+    if (!path) return invalid();
+    const vram_backend *b = vram_runtime_backend();
+    if (!vram_runtime_usable(b)) {
+        vram_set_last_error(VRAM_ERR_NO_DEVICE, VRAM_REASON_NONE, VRAM_OP_NONE, 0);
+        return VRAM_ERR_NO_DEVICE;
+    }
+    int count = b->device_count();
+    if (src_device < 0 || src_device >= count || dst_device < 0 || dst_device >= count) {
+        vram_set_last_error(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE, VRAM_OP_NONE,
+                            0);
+        return VRAM_ERR_INVALID_PARAMETERS;
+    }
+    *path = copy_path(b, src_device, dst_device);
+    return VRAM_SUCCESS;
+}
+
+/* The new allocation of a migration: counted as a malloc of its own, on the target device. */
+static int allocate_on(int device, size_t bytes, uint32_t tag, bool wipe, uintptr_t *address,
+                       uint64_t *generation, int *driver_error) {
+    call a = begin(VRAM_OP_MALLOC);
+    a.device = device;
+    void *p = NULL;
+    vram_runtime_allocation_begin();
+    int status = allocate(&a, &p, bytes, tag, generation);
+    vram_runtime_allocation_end();
+    *driver_error = a.driver_error;
+    finish(&a, status);
+    if (status != VRAM_SUCCESS) return status;
+    *address = (uintptr_t)p;
+    vram_registry_set_wipe(*address, *generation, wipe); /* carried over from the source */
+    return VRAM_SUCCESS;
+}
+
+int vram_migrate(void *ptr, uint64_t generation, int device, void **new_ptr,
+                 uint64_t *new_generation) {
+    call c = begin(VRAM_OP_MIGRATE);
+    if (new_ptr) *new_ptr = NULL;
+    if (new_generation) *new_generation = 0;
+    if (!ptr || !new_ptr) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    if (generation == 0)
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
+    const vram_backend *b = vram_runtime_backend();
+    if (!vram_runtime_usable(b)) return finish(&c, VRAM_ERR_NO_DEVICE);
+    if (device < 0 || device >= b->device_count())
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE);
+    c.device = device; /* counted on the target device */
+    vram_entry *src_entry = NULL;
+    if (!vram_registry_pin_allocation((uintptr_t)ptr, generation, &src_entry))
+        return refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER);
+    int src_device;
+    uintptr_t src;
+    size_t bytes;
+    bool wipe_flag;
+    uint64_t unused;
+    uint32_t tag;
+    vram_entry_describe(src_entry, &b, &src_device, &src, &bytes, &wipe_flag);
+    vram_entry_identity(src_entry, &unused, &tag);
+    if (src_device == device) { /* already there */
+        vram_registry_unpin(src_entry);
+        *new_ptr = ptr;
+        if (new_generation) *new_generation = generation;
+        return finish(&c, VRAM_SUCCESS);
+    }
+    uintptr_t dst = 0;
+    uint64_t dst_generation = 0;
+    int status = vram_runtime_device_failed(src_device)
+                     ? VRAM_ERR_DEVICE_FAILED
+                     : allocate_on(device, bytes, tag, wipe_flag, &dst, &dst_generation,
+                                   &c.driver_error);
+    if (status == VRAM_SUCCESS) {
+        vram_entry *dst_entry = NULL;
+        call k = begin(VRAM_OP_MEMCPY_P2P);
+        status = vram_registry_pin_allocation(dst, dst_generation, &dst_entry)
+                     ? copy_pinned(&k, dst_entry, dst, src_entry, src, bytes)
+                     : VRAM_ERR_UNKNOWN_POINTER; /* freed by someone else meanwhile */
+        if (dst_entry) vram_registry_unpin(dst_entry);
+        k.bytes = bytes;
+        finish(&k, status);
+        c.driver_error = k.driver_error;
+    }
+    vram_registry_unpin(src_entry);
+    /* The source goes only once its bytes are safe; on any failure the copy goes instead. */
+    if (status == VRAM_SUCCESS) status = free_generation(ptr, generation);
+    if (status != VRAM_SUCCESS) {
+        if (dst) free_generation((void *)dst, dst_generation);
+        return finish(&c, status);
+    }
+    *new_ptr = (void *)dst;
+    if (new_generation) *new_generation = dst_generation;
+    c.bytes = bytes;
     return finish(&c, VRAM_SUCCESS);
 }
 

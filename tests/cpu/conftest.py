@@ -86,7 +86,8 @@ def op_watch():
     return OpWatch
 
 
-_VRAMOBS_ENV = ("VRAMOBS_BACKEND", "VRAMOBS_CUDA_DRIVER", "VRAMOBS_LIBRARY") + _HOST_ENV
+# VRAMOBS_LIBRARY, an explicit choice of libvram_ops (a development build), is kept.
+_VRAMOBS_ENV = ("VRAMOBS_BACKEND", "VRAMOBS_CUDA_DRIVER", "VRAMOBS_HOST_PEER") + _HOST_ENV
 
 
 @pytest.fixture

@@ -36,7 +36,21 @@ WORD = 1 << 64
 ALIGNMENT = 256
 INF = float("inf")
 
-OPS = ("malloc", "free", "memcpy_h2d", "memcpy_d2h", "get_info", "wipe")
+OPS = (
+    "malloc",
+    "free",
+    "memcpy_h2d",
+    "memcpy_d2h",
+    "get_info",
+    "wipe",
+    "memcpy_d2d",
+    "memcpy_p2p",
+    "memcpy_staged",
+    "migrate",
+    "host_alloc",
+    "host_free",
+    "pool_trim",
+)
 
 
 def round_up(n, a=ALIGNMENT):
@@ -319,7 +333,8 @@ def test_status_and_reason_label_sets_are_the_documented_ones(registry):
     doc_reasons = set(re.findall(r"`(\w+)`", table["vramobs_refused_total"][2].split(":", 1)[1]))
     doc_ops = set(re.findall(r"`(\w+)`", table["vramobs_operation_duration_seconds"][2].split("`op` in", 1)[1]))
     assert "success" in doc_statuses and "busy" in doc_statuses and len(doc_statuses) == 11
-    assert "invalid_generation" in doc_reasons and len(doc_reasons) == 11
+    assert "invalid_generation" in doc_reasons and "overlap" in doc_reasons
+    assert len(doc_reasons) == 13
     assert doc_ops == set(OPS)
     snap = scrape(registry)
     op_status = {(dict(k[1])["op"], dict(k[1])["status"]) for k in snap if k[0] == "vramobs_operations_total"}
@@ -444,7 +459,8 @@ def test_copy_bytes_seconds_and_bandwidth_by_direction(registry, sysrand):
         _check_histogram_shape(buckets, count)
         assert buckets[0][0] == 1 << 20  # from 1 MiB/s, doubling
         assert all(b2[0] == 2 * b1[0] for b1, b2 in zip(buckets, buckets[1:-1]))
-    assert {dict(k[1])["direction"] for k in after if k[0] == "vramobs_copy_bytes_total"} == {"h2d", "d2h"}
+    directions = {dict(k[1])["direction"] for k in after if k[0] == "vramobs_copy_bytes_total"}
+    assert directions == {"h2d", "d2h", "d2d", "p2p", "staged"}
 
 
 def test_allocation_size_buckets(registry, sysrand):

@@ -9,7 +9,21 @@ import pytest
 import vramobs
 from vramobs import InvalidArgumentError, raw, stats
 
-OPS = ["malloc", "free", "memcpy_h2d", "memcpy_d2h", "get_info", "wipe"]
+OPS = [
+    "malloc",
+    "free",
+    "memcpy_h2d",
+    "memcpy_d2h",
+    "get_info",
+    "wipe",
+    "memcpy_d2d",
+    "memcpy_p2p",
+    "memcpy_staged",
+    "migrate",
+    "host_alloc",
+    "host_free",
+    "pool_trim",
+]
 OK = "VRAM_SUCCESS"
 
 

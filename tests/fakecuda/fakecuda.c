@@ -15,9 +15,16 @@
  * exports (cuda.h #defines the unversioned names to these, so its declarations check ours):
  *     cuInit cuDriverGetVersion cuDeviceGetCount cuDeviceGet cuDeviceGetName
  *     cuDeviceGetUuid_v2 cuDeviceGetPCIBusId cuDeviceTotalMem_v2 cuDeviceGetAttribute
- *     cuDevicePrimaryCtxRetain cuCtxGetCurrent cuCtxPushCurrent_v2 cuCtxPopCurrent_v2
- *     cuMemAlloc_v2 cuMemFree_v2 cuMemcpyHtoD_v2 cuMemcpyDtoH_v2 cuMemGetInfo_v2 cuMemsetD8_v2
- *     cuCtxSynchronize cuGetErrorName
+ *     cuDeviceCanAccessPeer cuDevicePrimaryCtxRetain cuCtxGetCurrent cuCtxSetCurrent
+ *     cuCtxPushCurrent_v2 cuCtxPopCurrent_v2 cuCtxSynchronize cuCtxEnablePeerAccess
+ *     cuMemAlloc_v2 cuMemFree_v2 cuMemGetInfo_v2 cuMemHostAlloc cuMemFreeHost
+ *     cuMemHostRegister_v2 cuMemHostUnregister cuMemcpyHtoD_v2 cuMemcpyDtoH_v2 cuMemcpyDtoD_v2
+ *     cuMemcpyPeer cuMemcpyHtoDAsync_v2 cuMemcpyDtoHAsync_v2 cuMemcpyDtoDAsync_v2
+ *     cuMemsetD8_v2 cuMemsetD8Async cuStreamCreate cuStreamDestroy_v2 cuStreamSynchronize
+ *     cuStreamWaitEvent cuEventCreate cuEventRecord cuEventSynchronize cuEventQuery
+ *     cuEventDestroy_v2 cuGetErrorName
+ * (every function of VRAM_CUDA_FUNCTIONS in native/src/cuda_driver.h, which the library
+ * resolves at load and without which it refuses the driver).
  *
  * What is emulated, and how faithfully:
  *   - Every function but cuDriverGetVersion and cuGetErrorName answers
@@ -33,10 +40,16 @@
  *     cuCtxGetCurrent/cuCtxPushCurrent_v2/cuCtxPopCurrent_v2. Pushing NULL answers
  *     CUDA_ERROR_INVALID_VALUE, pushing a handle this library did not make or a full stack
  *     CUDA_ERROR_INVALID_CONTEXT (201), popping an empty stack CUDA_ERROR_INVALID_CONTEXT.
+ *     cuCtxSetCurrent replaces the top of the stack (pushes on an empty one); NULL pops the
+ *     top, and is a successful no-op on an empty stack, as in the real driver.
  *   - Device memory is host memory from posix_memalign(512); the "device pointer" is that host
- *     address. Like the real driver, cuMemAlloc_v2, cuMemFree_v2, cuMemcpy*_v2 and
- *     cuMemGetInfo_v2 need a current context (else CUDA_ERROR_INVALID_CONTEXT): so a backend
- *     that forgets to push one fails here too. cuMemAlloc_v2 and cuMemGetInfo_v2 act on the
+ *     address. Like the real driver, the memory, stream and event functions need a current
+ *     context (else CUDA_ERROR_INVALID_CONTEXT): cuMemAlloc_v2, cuMemFree_v2, cuMemGetInfo_v2,
+ *     every cuMemcpy* but cuMemcpyPeer, cuMemsetD8*, the cuMemHost* functions and
+ *     cuMemFreeHost, cuStreamCreate, cuEventCreate, and any call given a default stream: so a
+ *     backend that forgets to push one fails here too. (cuStreamSynchronize,
+ *     cuStreamDestroy_v2, cuStreamWaitEvent, cuEventRecord, cuEventSynchronize, cuEventQuery
+ *     and cuEventDestroy_v2 given explicit handles act on their handles' contexts, need none.) cuMemAlloc_v2 and cuMemGetInfo_v2 act on the
  *     device of the current context; copies and frees find the allocation by address, on any
  *     device (unified addressing).
  *   - Accounting, per device: each allocation counts its size rounded up to 512 bytes;
@@ -50,13 +63,54 @@
  *   - cuMemcpyHtoD_v2/DtoH_v2: the device range [p, p + n) must lie inside one live allocation
  *     (its requested size, not the rounded one), else CUDA_ERROR_INVALID_VALUE and no byte is
  *     copied; a NULL host pointer is CUDA_ERROR_INVALID_VALUE; n == 0 succeeds and copies
- *     nothing. Copies are synchronous memcpy()s.
+ *     nothing. Copies are synchronous memcpy()s. cuMemsetD8_v2 checks its range the same way.
+ *   - cuMemcpyDtoD_v2: both ranges inside live allocations, of any devices; memmove(), so
+ *     overlapping ranges are fine. cuMemcpyPeer: both contexts must be ones this library made
+ *     (else CUDA_ERROR_INVALID_CONTEXT; it needs no current context) and each range must lie
+ *     in an allocation of its context's device (else CUDA_ERROR_INVALID_VALUE); like the real
+ *     one it copies whether or not peer access is enabled.
+ *   - Streams and events are distinct heap objects, valid from create to destroy (a table
+ *     lists them; a handle is only compared, never dereferenced, until found there). Creating
+ *     one needs a current context, to which it then belongs. Unknown flags answer
+ *     CUDA_ERROR_INVALID_VALUE (cuEventCreate: CU_EVENT_INTERPROCESS also needs
+ *     CU_EVENT_DISABLE_TIMING). NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD are the
+ *     default stream of the current context: valid wherever a stream is taken, but then a
+ *     current context is needed. Any other handle that is not a live stream or event (never
+ *     made, already destroyed; a default stream given to cuStreamDestroy_v2) answers
+ *     CUDA_ERROR_INVALID_HANDLE (400). cuEventRecord also answers it when the event belongs
+ *     to another context than the stream, as the real driver does.
+ *   - Async work is done when it is enqueued: cuMemcpy*Async_v2 and cuMemsetD8Async need a
+ *     current context and a valid stream, then check and copy/set exactly as their
+ *     synchronous twins, before returning. So cuStreamSynchronize, cuStreamWaitEvent,
+ *     cuEventSynchronize and cuEventQuery only validate their handles and answer
+ *     CUDA_SUCCESS (an event never recorded too, as the real driver answers for one);
+ *     cuEventQuery never answers CUDA_ERROR_NOT_READY. A test cannot observe a race between
+ *     a copy and a reuse of its host buffer here: that needs the GPU tests.
+ *   - Page-locked host memory (all four need a current context): cuMemHostAlloc allocates
+ *     with posix_memalign(4096) (flags PORTABLE, DEVICEMAP, WRITECOMBINED; anything else,
+ *     size 0 or a NULL pp is CUDA_ERROR_INVALID_VALUE; it takes no device memory).
+ *     cuMemFreeHost of anything but the start of a live cuMemHostAlloc block answers
+ *     CUDA_ERROR_INVALID_VALUE. cuMemHostRegister_v2 records [p, p + n) (flags PORTABLE,
+ *     DEVICEMAP, IOMEMORY, READ_ONLY); NULL, 0 bytes, an overflowing range or other flags
+ *     answer CUDA_ERROR_INVALID_VALUE, a range overlapping a registered one or a
+ *     cuMemHostAlloc block CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED (712).
+ *     cuMemHostUnregister needs the exact start of a registered range, else
+ *     CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED (713). Host memory is never touched otherwise:
+ *     copies accept pageable and page-locked host memory alike.
+ *   - Peer access (FAKECUDA_PEER): cuDeviceCanAccessPeer answers 1 for every pair of
+ *     distinct devices (0 with FAKECUDA_PEER=0) and 0 for a device and itself; a bad ordinal
+ *     is CUDA_ERROR_INVALID_DEVICE. cuCtxEnablePeerAccess(peer, flags) enables access from
+ *     the current context's device to peer's: flags != 0 is CUDA_ERROR_INVALID_VALUE, no
+ *     current context or a peer this library did not make CUDA_ERROR_INVALID_CONTEXT, the
+ *     same device or an incapable pair CUDA_ERROR_PEER_ACCESS_UNSUPPORTED (217), a pair
+ *     already enabled CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED (704). Enabled pairs stay.
  *   - cuGetErrorName knows every CUresult of CUDA 13 by its real name; an unknown code answers
  *     CUDA_ERROR_INVALID_VALUE and sets *pStr to NULL, as the real driver does.
  *   - All state is shared by every thread and guarded by pthread locks; copies of different
- *     allocations run concurrently. Not emulated: streams, kernels, async copies, peer access,
- *     context destruction or primary context release, per-context sticky state (a sticky fault
- *     here poisons the whole fake driver, all devices).
+ *     allocations run concurrently. Not emulated: kernels, real asynchrony (see above), stream
+ *     priorities or capture, event timing, context destruction or primary context release,
+ *     per-context sticky state (a sticky fault here poisons the whole fake driver, all
+ *     devices).
  *
  * Environment, read once when the library is loaded:
  *   FAKECUDA_DEVICES=<n>         devices, 0..64 (default 1); 0 makes cuDeviceGetCount report 0
@@ -64,6 +118,7 @@
  *   FAKECUDA_RESERVED_BYTES=<n>  the "context" reservation (default min(64 MiB, total / 16))
  *   FAKECUDA_DRIVER_VERSION=<n>  what cuDriverGetVersion reports (default 13000)
  *   FAKECUDA_INIT_ERROR=<code>   cuInit fails with this CUresult (number or name), every call
+ *   FAKECUDA_PEER=<0|1>          whether distinct devices can access each other (default 1)
  *   FAKECUDA_FAIL=<function>:<error>:<nth>[:sticky][,...]
  *                                injections made at load, as fakecuda_inject(function, error,
  *                                nth, sticky) would; error is a number or a CUresult name,
@@ -79,14 +134,17 @@
  *       Make the nth later call of function (1 = the very next one; counting starts at this
  *       call) return error instead of doing its work; nth == 0 makes every later call fail
  *       until fakecuda_reset(). function is any exported driver function, or "*" for any of
- *       cuMemAlloc, cuMemFree, cuMemcpyHtoD, cuMemcpyDtoH, cuMemGetInfo, cuMemsetD8,
- *       cuCtxPushCurrent.
+ *       the functions that get, free or move memory, or push a context: cuMemAlloc,
+ *       cuMemFree, cuMemGetInfo, cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD, cuMemcpyPeer,
+ *       cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8, cuMemsetD8Async,
+ *       cuMemHostAlloc, cuMemHostRegister, cuCtxPushCurrent (not the stream, event, peer,
+ *       unregister/free-host or query functions).
  *       A failed call writes no outputs (error 0 makes the call "succeed" without doing its
- *       work: cuMemAlloc then returns pointer 0). If sticky != 0 and error != 0, once this
- *       fault fires every later call of every driver function returns error, except
- *       cuGetErrorName, cuCtxGetCurrent, cuCtxPushCurrent_v2 and cuCtxPopCurrent_v2, which a
- *       real driver still answers after a sticky error such as CUDA_ERROR_ILLEGAL_ADDRESS
- *       (700). Up to 32 injections wait at once; when several fire on one call the earliest
+ *       work: cuMemAlloc then returns pointer 0, cuMemHostAlloc, cuStreamCreate and
+ *       cuEventCreate NULL). If sticky != 0 and error != 0, once this fault fires every later
+ *       call of every driver function returns error, except cuGetErrorName, cuCtxGetCurrent,
+ *       cuCtxSetCurrent, cuCtxPushCurrent_v2 and cuCtxPopCurrent_v2, which a real driver
+ *       still answers after a sticky error such as CUDA_ERROR_ILLEGAL_ADDRESS (700). Up to 32 injections wait at once; when several fire on one call the earliest
  *       made decides the error, and all that fired are used up. An unknown function name or
  *       a negative nth is reported on stderr and ignored.
  *   void fakecuda_reset(void);
@@ -98,9 +156,19 @@
  *   long fakecuda_live_allocations(void);
  *   unsigned long long fakecuda_live_bytes(void);
  *       Live fake allocations on all devices, and their requested (unrounded) bytes.
+ *   long fakecuda_live_streams(void);
+ *   long fakecuda_live_events(void);
+ *       Streams and events created and not yet destroyed.
+ *   long fakecuda_live_host_allocations(void);
+ *   unsigned long long fakecuda_live_host_bytes(void);
+ *   long fakecuda_live_registrations(void);
+ *       Live cuMemHostAlloc blocks and their bytes; live cuMemHostRegister_v2 ranges.
+ *   int fakecuda_peer_enabled(int from, int to);
+ *       1 once cuCtxEnablePeerAccess enabled access from device from to device to, else 0;
+ *       -1 for an ordinal outside 0..FAKECUDA_DEVICES-1.
  *
- * Memory still allocated at exit stays reachable from this library's table (not a leak for
- * LeakSanitizer or valgrind); the bookkeeping itself frees what it allocates.
+ * Memory, streams and events still live at exit stay reachable from this library's tables
+ * (not a leak for LeakSanitizer or valgrind); the bookkeeping itself frees what it allocates.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -129,6 +197,12 @@ FAKE_API void fakecuda_reset(void);
 FAKE_API long fakecuda_calls(const char *function);
 FAKE_API long fakecuda_live_allocations(void);
 FAKE_API unsigned long long fakecuda_live_bytes(void);
+FAKE_API long fakecuda_live_streams(void);
+FAKE_API long fakecuda_live_events(void);
+FAKE_API long fakecuda_live_host_allocations(void);
+FAKE_API unsigned long long fakecuda_live_host_bytes(void);
+FAKE_API long fakecuda_live_registrations(void);
+FAKE_API int fakecuda_peer_enabled(int from, int to);
 
 /* ---------------------------------------------------------------------------------------
  * The driver functions: name, whether "*" injections hit them, whether a sticky error spares
@@ -155,7 +229,29 @@ FAKE_API unsigned long long fakecuda_live_bytes(void);
     X(FN_MEM_GET_INFO, "cuMemGetInfo_v2", 1, 0)            \
     X(FN_MEMSET_D8, "cuMemsetD8_v2", 1, 0)                 \
     X(FN_CTX_SYNCHRONIZE, "cuCtxSynchronize", 0, 0)        \
-    X(FN_GET_ERROR_NAME, "cuGetErrorName", 0, 1)
+    X(FN_GET_ERROR_NAME, "cuGetErrorName", 0, 1)           \
+    X(FN_CTX_SET_CURRENT, "cuCtxSetCurrent", 0, 1)         \
+    X(FN_DEVICE_CAN_ACCESS_PEER, "cuDeviceCanAccessPeer", 0, 0) \
+    X(FN_CTX_ENABLE_PEER_ACCESS, "cuCtxEnablePeerAccess", 0, 0) \
+    X(FN_MEM_HOST_ALLOC, "cuMemHostAlloc", 1, 0)           \
+    X(FN_MEM_FREE_HOST, "cuMemFreeHost", 0, 0)             \
+    X(FN_MEM_HOST_REGISTER, "cuMemHostRegister_v2", 1, 0)  \
+    X(FN_MEM_HOST_UNREGISTER, "cuMemHostUnregister", 0, 0) \
+    X(FN_MEMCPY_DTOD, "cuMemcpyDtoD_v2", 1, 0)             \
+    X(FN_MEMCPY_PEER, "cuMemcpyPeer", 1, 0)                \
+    X(FN_MEMCPY_HTOD_ASYNC, "cuMemcpyHtoDAsync_v2", 1, 0)  \
+    X(FN_MEMCPY_DTOH_ASYNC, "cuMemcpyDtoHAsync_v2", 1, 0)  \
+    X(FN_MEMCPY_DTOD_ASYNC, "cuMemcpyDtoDAsync_v2", 1, 0)  \
+    X(FN_MEMSET_D8_ASYNC, "cuMemsetD8Async", 1, 0)         \
+    X(FN_STREAM_CREATE, "cuStreamCreate", 0, 0)            \
+    X(FN_STREAM_DESTROY, "cuStreamDestroy_v2", 0, 0)       \
+    X(FN_STREAM_SYNCHRONIZE, "cuStreamSynchronize", 0, 0)  \
+    X(FN_STREAM_WAIT_EVENT, "cuStreamWaitEvent", 0, 0)     \
+    X(FN_EVENT_CREATE, "cuEventCreate", 0, 0)              \
+    X(FN_EVENT_RECORD, "cuEventRecord", 0, 0)              \
+    X(FN_EVENT_SYNCHRONIZE, "cuEventSynchronize", 0, 0)    \
+    X(FN_EVENT_QUERY, "cuEventQuery", 0, 0)                \
+    X(FN_EVENT_DESTROY, "cuEventDestroy_v2", 0, 0)
 
 enum fake_fn {
 #define FAKE_FN_ENUM_(id, name, star, spared) id,
@@ -349,6 +445,7 @@ static size_t g_total = FAKE_DEFAULT_TOTAL;
 static size_t g_reserved;
 static int g_driver_version = FAKE_DEFAULT_DRIVER_VERSION;
 static int g_init_error; /* 0: cuInit succeeds */
+static int g_peer = 1;    /* every pair of distinct devices can access each other */
 static int g_initialized; /* atomic */
 
 /* ---------------------------------------------------------------------------------------
@@ -531,6 +628,196 @@ unsigned long long fakecuda_live_bytes(void) {
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Streams and events: heap objects, valid while listed in their table.
+ * ------------------------------------------------------------------------------------- */
+struct CUstream_st {
+    CUcontext ctx; /* current when it was created */
+};
+
+struct CUevent_st {
+    CUcontext ctx;
+};
+
+typedef struct handle_table {
+    void **items;
+    size_t count, capacity;
+} handle_table;
+
+static pthread_mutex_t g_handle_lock = PTHREAD_MUTEX_INITIALIZER; /* both tables */
+static handle_table g_streams, g_events;
+
+/* Index of item in the table, or t->count. Compares addresses only: never dereferences a
+ * handle the caller made up. */
+static size_t table_find(const handle_table *t, const void *item) {
+    size_t i = 0;
+    while (i < t->count && t->items[i] != item) i++;
+    return i;
+}
+
+static int table_add(handle_table *t, void *item) {
+    if (t->count == t->capacity) {
+        size_t capacity = t->capacity ? t->capacity * 2 : 16;
+        void **grown = realloc(t->items, capacity * sizeof *grown);
+        if (!grown) return 0;
+        t->items = grown;
+        t->capacity = capacity;
+    }
+    t->items[t->count++] = item;
+    return 1;
+}
+
+static int table_remove(handle_table *t, const void *item) {
+    size_t i = table_find(t, item);
+    if (i == t->count) return 0;
+    t->items[i] = t->items[--t->count];
+    if (t->count == 0) { /* give the table back when nothing is live */
+        free(t->items);
+        *t = (handle_table){0};
+    }
+    return 1;
+}
+
+static long table_count(const handle_table *t) {
+    pthread_mutex_lock(&g_handle_lock);
+    long n = (long)t->count;
+    pthread_mutex_unlock(&g_handle_lock);
+    return n;
+}
+
+long fakecuda_live_streams(void) { return table_count(&g_streams); }
+
+long fakecuda_live_events(void) { return table_count(&g_events); }
+
+static int is_default_stream(CUstream s) {
+    return s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD;
+}
+
+/* Whether work may be enqueued on s; *owner (if asked) gets its context: the current one for
+ * a default stream. */
+static CUresult check_stream(CUstream s, CUcontext *owner) {
+    if (is_default_stream(s)) {
+        CUcontext ctx = current_context();
+        if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+        if (owner) *owner = ctx;
+        return CUDA_SUCCESS;
+    }
+    CUresult r = CUDA_ERROR_INVALID_HANDLE;
+    pthread_mutex_lock(&g_handle_lock);
+    if (table_find(&g_streams, s) != g_streams.count) {
+        if (owner) *owner = s->ctx;
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
+}
+
+static int is_live_event(CUevent e) {
+    pthread_mutex_lock(&g_handle_lock);
+    int live = table_find(&g_events, e) != g_events.count;
+    pthread_mutex_unlock(&g_handle_lock);
+    return live;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Page-locked host memory: cuMemHostAlloc'd blocks and cuMemHostRegister'd ranges.
+ * ------------------------------------------------------------------------------------- */
+#define FAKE_HOST_ALIGNMENT ((size_t)4096)
+
+typedef struct host_range {
+    uintptr_t base;
+    size_t bytes;
+    int allocated; /* 1: cuMemHostAlloc, 0: cuMemHostRegister */
+} host_range;
+
+static pthread_mutex_t g_host_lock = PTHREAD_MUTEX_INITIALIZER;
+static host_range *g_host;
+static size_t g_host_count, g_host_capacity;
+static long g_host_allocations, g_registrations;
+static unsigned long long g_host_bytes; /* of the cuMemHostAlloc'd blocks */
+
+/* Index of the range starting at base, or g_host_count. */
+static size_t host_find(uintptr_t base) {
+    size_t i = 0;
+    while (i < g_host_count && g_host[i].base != base) i++;
+    return i;
+}
+
+/* Whether [base, base + bytes) overlaps a listed range; base + bytes must not overflow. */
+static int host_overlaps(uintptr_t base, size_t bytes) {
+    for (size_t i = 0; i < g_host_count; i++)
+        if (base < g_host[i].base + g_host[i].bytes && g_host[i].base < base + bytes) return 1;
+    return 0;
+}
+
+static int host_add(host_range range) {
+    if (g_host_count == g_host_capacity) {
+        size_t capacity = g_host_capacity ? g_host_capacity * 2 : 16;
+        host_range *grown = realloc(g_host, capacity * sizeof *grown);
+        if (!grown) return 0;
+        g_host = grown;
+        g_host_capacity = capacity;
+    }
+    g_host[g_host_count++] = range;
+    if (range.allocated) {
+        g_host_allocations++;
+        g_host_bytes += range.bytes;
+    } else {
+        g_registrations++;
+    }
+    return 1;
+}
+
+static void host_remove(size_t i) {
+    if (g_host[i].allocated) {
+        g_host_allocations--;
+        g_host_bytes -= g_host[i].bytes;
+    } else {
+        g_registrations--;
+    }
+    g_host[i] = g_host[--g_host_count];
+    if (g_host_count == 0) {
+        free(g_host);
+        g_host = NULL;
+        g_host_capacity = 0;
+    }
+}
+
+long fakecuda_live_host_allocations(void) {
+    pthread_mutex_lock(&g_host_lock);
+    long n = g_host_allocations;
+    pthread_mutex_unlock(&g_host_lock);
+    return n;
+}
+
+unsigned long long fakecuda_live_host_bytes(void) {
+    pthread_mutex_lock(&g_host_lock);
+    unsigned long long n = g_host_bytes;
+    pthread_mutex_unlock(&g_host_lock);
+    return n;
+}
+
+long fakecuda_live_registrations(void) {
+    pthread_mutex_lock(&g_host_lock);
+    long n = g_registrations;
+    pthread_mutex_unlock(&g_host_lock);
+    return n;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Peer access enabled by cuCtxEnablePeerAccess: [from (current context)][to (peer)].
+ * ------------------------------------------------------------------------------------- */
+static pthread_mutex_t g_peer_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char g_peer_enabled[FAKE_MAX_DEVICES][FAKE_MAX_DEVICES];
+
+int fakecuda_peer_enabled(int from, int to) {
+    if (from < 0 || from >= g_devices || to < 0 || to >= g_devices) return -1;
+    pthread_mutex_lock(&g_peer_lock);
+    int enabled = g_peer_enabled[from][to];
+    pthread_mutex_unlock(&g_peer_lock);
+    return enabled;
+}
+
+/* ---------------------------------------------------------------------------------------
  * Load-time configuration.
  * ------------------------------------------------------------------------------------- */
 static void load_injections(const char *spec) {
@@ -608,6 +895,12 @@ __attribute__((constructor)) static void fakecuda_load(void) {
         if (!parse_error(v, &g_init_error))
             fprintf(stderr, "fakecuda: FAKECUDA_INIT_ERROR='%s' is not a CUresult; ignored\n", v);
     }
+    if ((v = getenv("FAKECUDA_PEER")) && *v) {
+        if (parse_size(v, 1, &n))
+            g_peer = (int)n;
+        else
+            fprintf(stderr, "fakecuda: FAKECUDA_PEER='%s' is not 0 or 1; using %d\n", v, g_peer);
+    }
     for (int i = 0; i < FAKE_MAX_DEVICES; i++) g_contexts[i].device = i;
     if ((v = getenv("FAKECUDA_FAIL")) && *v) load_injections(v);
 }
@@ -619,6 +912,16 @@ __attribute__((constructor)) static void fakecuda_load(void) {
     do {                                  \
         CUresult gate_error_;             \
         if (gate((fn), &gate_error_)) return gate_error_; \
+    } while (0)
+
+/* GATE for a function that creates something: an injected "success" hands out NULL. */
+#define GATE_CREATE(fn, out)                                          \
+    do {                                                              \
+        CUresult gate_error_;                                         \
+        if (gate((fn), &gate_error_)) {                               \
+            if (gate_error_ == CUDA_SUCCESS && (out)) *(out) = NULL; \
+            return gate_error_;                                       \
+        }                                                             \
     } while (0)
 
 static int initialized(void) { return __atomic_load_n(&g_initialized, __ATOMIC_ACQUIRE); }
@@ -867,10 +1170,8 @@ CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t By
     return copy((uintptr_t)srcDevice, dstHost, ByteCount, 0);
 }
 
-CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
-    GATE(FN_MEMSET_D8);
-    NEED_INIT();
-    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+/* Both memsets, after their context (and stream) checks. */
+static CUresult set_range(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
     if (N == 0) return CUDA_SUCCESS;
     if ((CUdeviceptr)(uintptr_t)dstDevice != dstDevice || dstDevice == 0)
         return CUDA_ERROR_INVALID_VALUE;
@@ -882,6 +1183,13 @@ CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N
     }
     pthread_rwlock_unlock(&g_mem_lock);
     return r;
+}
+
+CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
+    GATE(FN_MEMSET_D8);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    return set_range(dstDevice, uc, N);
 }
 
 CUresult CUDAAPI cuCtxSynchronize(void) {
@@ -908,4 +1216,315 @@ CUresult CUDAAPI cuGetErrorName(CUresult error, const char **pStr) {
     if (!pStr) return CUDA_ERROR_INVALID_VALUE;
     *pStr = error_name((int)error);
     return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Context binding and peer access.
+ * ------------------------------------------------------------------------------------- */
+CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
+    GATE(FN_CTX_SET_CURRENT);
+    NEED_INIT();
+    if (!ctx) { /* pops the top, a no-op on an empty stack */
+        if (t_stack.depth > 0) t_stack.depth--;
+        return CUDA_SUCCESS;
+    }
+    if (!is_fake_context(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (t_stack.depth == 0) t_stack.depth = 1;
+    t_stack.ctx[t_stack.depth - 1] = ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev) {
+    GATE(FN_DEVICE_CAN_ACCESS_PEER);
+    NEED_INIT();
+    if (!canAccessPeer) return CUDA_ERROR_INVALID_VALUE;
+    NEED_DEVICE(dev);
+    NEED_DEVICE(peerDev);
+    *canAccessPeer = g_peer && dev != peerDev; /* the real driver answers 0 for dev itself */
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags) {
+    GATE(FN_CTX_ENABLE_PEER_ACCESS);
+    NEED_INIT();
+    if (Flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    CUcontext ctx = current_context();
+    if (!ctx || !is_fake_context(peerContext)) return CUDA_ERROR_INVALID_CONTEXT;
+    int from = ctx->device, to = peerContext->device;
+    if (!g_peer || from == to) return CUDA_ERROR_PEER_ACCESS_UNSUPPORTED;
+    CUresult r = CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED;
+    pthread_mutex_lock(&g_peer_lock);
+    if (!g_peer_enabled[from][to]) {
+        g_peer_enabled[from][to] = 1;
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&g_peer_lock);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Page-locked host memory.
+ * ------------------------------------------------------------------------------------- */
+CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
+    GATE_CREATE(FN_MEM_HOST_ALLOC, pp);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!pp || bytesize == 0 ||
+        (Flags & ~(unsigned)(CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP |
+                             CU_MEMHOSTALLOC_WRITECOMBINED)) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *p = NULL;
+    if (posix_memalign(&p, FAKE_HOST_ALIGNMENT, bytesize) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&g_host_lock);
+    int added = host_add((host_range){(uintptr_t)p, bytesize, 1});
+    pthread_mutex_unlock(&g_host_lock);
+    if (!added) {
+        free(p);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *pp = p;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuMemFreeHost(void *p) {
+    GATE(FN_MEM_FREE_HOST);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_host_lock);
+    size_t i = host_find((uintptr_t)p);
+    if (i != g_host_count && g_host[i].allocated) {
+        host_remove(i);
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&g_host_lock);
+    if (r == CUDA_SUCCESS) free(p);
+    return r;
+}
+
+CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
+    GATE(FN_MEM_HOST_REGISTER);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    uintptr_t base = (uintptr_t)p;
+    if (!p || bytesize == 0 || bytesize > UINTPTR_MAX - base ||
+        (Flags & ~(unsigned)(CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP |
+                             CU_MEMHOSTREGISTER_IOMEMORY | CU_MEMHOSTREGISTER_READ_ONLY)) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_SUCCESS;
+    pthread_mutex_lock(&g_host_lock);
+    if (host_overlaps(base, bytesize))
+        r = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    else if (!host_add((host_range){base, bytesize, 0}))
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_unlock(&g_host_lock);
+    return r;
+}
+
+CUresult CUDAAPI cuMemHostUnregister(void *p) {
+    GATE(FN_MEM_HOST_UNREGISTER);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    pthread_mutex_lock(&g_host_lock);
+    size_t i = host_find((uintptr_t)p);
+    if (i != g_host_count && !g_host[i].allocated) {
+        host_remove(i);
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&g_host_lock);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Device-to-device and peer copies, async copies (done at enqueue), async memset.
+ * ------------------------------------------------------------------------------------- */
+/* Both ranges inside live allocations (of the devices of dst_ctx / src_ctx when given),
+ * then memmove while no free can run. */
+static CUresult copy_dtod(CUdeviceptr dst, CUcontext dst_ctx, CUdeviceptr src,
+                          CUcontext src_ctx, size_t bytes) {
+    if (bytes == 0) return CUDA_SUCCESS;
+    if ((CUdeviceptr)(uintptr_t)dst != dst || (CUdeviceptr)(uintptr_t)src != src || dst == 0 ||
+        src == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    pthread_rwlock_rdlock(&g_mem_lock);
+    const allocation *d = find_range((uintptr_t)dst, bytes);
+    const allocation *s = find_range((uintptr_t)src, bytes);
+    if (d && s && (!dst_ctx || d->device == dst_ctx->device) &&
+        (!src_ctx || s->device == src_ctx->device)) {
+        memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, bytes);
+        r = CUDA_SUCCESS;
+    }
+    pthread_rwlock_unlock(&g_mem_lock);
+    return r;
+}
+
+CUresult CUDAAPI cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
+    GATE(FN_MEMCPY_DTOD);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    return copy_dtod(dstDevice, NULL, srcDevice, NULL, ByteCount);
+}
+
+CUresult CUDAAPI cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice,
+                              CUcontext srcContext, size_t ByteCount) {
+    GATE(FN_MEMCPY_PEER);
+    NEED_INIT();
+    if (!is_fake_context(dstContext) || !is_fake_context(srcContext))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return copy_dtod(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+}
+
+/* The checks every async call makes before its work: a current context and a usable stream. */
+static CUresult enqueue(CUstream hStream) {
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    return check_stream(hStream, NULL);
+}
+
+CUresult CUDAAPI cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost,
+                                      size_t ByteCount, CUstream hStream) {
+    GATE(FN_MEMCPY_HTOD_ASYNC);
+    CUresult r = enqueue(hStream);
+    if (r != CUDA_SUCCESS) return r;
+    if ((CUdeviceptr)(uintptr_t)dstDevice != dstDevice) return CUDA_ERROR_INVALID_VALUE;
+    return copy((uintptr_t)dstDevice, (void *)(uintptr_t)srcHost, ByteCount, 1);
+}
+
+CUresult CUDAAPI cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount,
+                                      CUstream hStream) {
+    GATE(FN_MEMCPY_DTOH_ASYNC);
+    CUresult r = enqueue(hStream);
+    if (r != CUDA_SUCCESS) return r;
+    if ((CUdeviceptr)(uintptr_t)srcDevice != srcDevice) return CUDA_ERROR_INVALID_VALUE;
+    return copy((uintptr_t)srcDevice, dstHost, ByteCount, 0);
+}
+
+CUresult CUDAAPI cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice,
+                                      size_t ByteCount, CUstream hStream) {
+    GATE(FN_MEMCPY_DTOD_ASYNC);
+    CUresult r = enqueue(hStream);
+    if (r != CUDA_SUCCESS) return r;
+    return copy_dtod(dstDevice, NULL, srcDevice, NULL, ByteCount);
+}
+
+CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dstDevice, unsigned char uc, size_t N,
+                                 CUstream hStream) {
+    GATE(FN_MEMSET_D8_ASYNC);
+    CUresult r = enqueue(hStream);
+    if (r != CUDA_SUCCESS) return r;
+    return set_range(dstDevice, uc, N);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Streams and events. All work is done when it is enqueued, so waiting never blocks.
+ * ------------------------------------------------------------------------------------- */
+CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    GATE_CREATE(FN_STREAM_CREATE, phStream);
+    NEED_INIT();
+    CUcontext ctx = current_context();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!phStream || (Flags & ~(unsigned)CU_STREAM_NON_BLOCKING) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUstream_st *s = malloc(sizeof *s);
+    if (!s) return CUDA_ERROR_OUT_OF_MEMORY;
+    s->ctx = ctx;
+    pthread_mutex_lock(&g_handle_lock);
+    int added = table_add(&g_streams, s);
+    pthread_mutex_unlock(&g_handle_lock);
+    if (!added) {
+        free(s);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *phStream = s;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
+    GATE(FN_STREAM_DESTROY);
+    NEED_INIT();
+    pthread_mutex_lock(&g_handle_lock);
+    int removed = table_remove(&g_streams, hStream); /* never holds a default stream */
+    pthread_mutex_unlock(&g_handle_lock);
+    if (!removed) return CUDA_ERROR_INVALID_HANDLE;
+    free(hStream);
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) {
+    GATE(FN_STREAM_SYNCHRONIZE);
+    NEED_INIT();
+    return check_stream(hStream, NULL);
+}
+
+CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
+    GATE(FN_STREAM_WAIT_EVENT);
+    NEED_INIT();
+    if ((Flags & ~(unsigned)CU_EVENT_WAIT_EXTERNAL) != 0) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = check_stream(hStream, NULL);
+    if (r != CUDA_SUCCESS) return r;
+    return is_live_event(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags) {
+    GATE_CREATE(FN_EVENT_CREATE, phEvent);
+    NEED_INIT();
+    CUcontext ctx = current_context();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    unsigned known = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+    if (!phEvent || (Flags & ~known) != 0 ||
+        ((Flags & CU_EVENT_INTERPROCESS) && !(Flags & CU_EVENT_DISABLE_TIMING)))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUevent_st *e = malloc(sizeof *e);
+    if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+    e->ctx = ctx;
+    pthread_mutex_lock(&g_handle_lock);
+    int added = table_add(&g_events, e);
+    pthread_mutex_unlock(&g_handle_lock);
+    if (!added) {
+        free(e);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *phEvent = e;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuEventRecord(CUevent hEvent, CUstream hStream) {
+    GATE(FN_EVENT_RECORD);
+    NEED_INIT();
+    CUcontext stream_ctx = NULL;
+    CUresult r = check_stream(hStream, &stream_ctx);
+    if (r != CUDA_SUCCESS) return r;
+    r = CUDA_ERROR_INVALID_HANDLE; /* unknown event, or one of another context */
+    pthread_mutex_lock(&g_handle_lock);
+    if (table_find(&g_events, hEvent) != g_events.count && hEvent->ctx == stream_ctx)
+        r = CUDA_SUCCESS;
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
+}
+
+CUresult CUDAAPI cuEventSynchronize(CUevent hEvent) {
+    GATE(FN_EVENT_SYNCHRONIZE);
+    NEED_INIT();
+    return is_live_event(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
+    GATE(FN_EVENT_QUERY);
+    NEED_INIT();
+    return is_live_event(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
+    GATE(FN_EVENT_DESTROY);
+    NEED_INIT();
+    pthread_mutex_lock(&g_handle_lock);
+    int removed = table_remove(&g_events, hEvent);
+    pthread_mutex_unlock(&g_handle_lock);
+    if (!removed) return CUDA_ERROR_INVALID_HANDLE;
+    free(hEvent);
+    return CUDA_SUCCESS;
 }

@@ -35,6 +35,12 @@ python3 -m pytest "$repo/tests/gpu" -q -rP -p no:cacheprovider \
   --junitxml "$out/pytest.xml" 2>&1 | tee "$out/pytest.log"
 pytest_line=$(junit_summary pytest "$out/pytest.xml")
 
+# The soak: threads of mixed operations near full VRAM, real and injected out-of-memory, for
+# VRAMOBS_GPU_SOAK_SECONDS (default 60); then nothing live and the driver's free memory back.
+python3 "$repo/tests/gpu/soak_gpu.py" --seconds "${VRAMOBS_GPU_SOAK_SECONDS:-60}" \
+  --json "$out/soak.json" 2>&1 | tee "$out/soak.log"
+soak_line=$(sed -n 's/^GPU SOAK: //p' "$out/soak.log" | tail -n 1)
+
 # A real Prometheus scraping the demo on the GPU: every dashboard panel must show data.
 dpkg -x "$(ls "$repo"/.carry/prometheus_*.deb)" "$site/prometheus-pkg"
 PROMETHEUS="$site/prometheus-pkg/usr/bin/prometheus" VRAMOBS_E2E_BACKEND=cuda \
@@ -80,4 +86,4 @@ echo "C: observation's cost per call, vramobs against the bare driver call (same
 LD_LIBRARY_PATH="$site/vramobs" "$repo"/.carry/bench/vram_overhead 20000 2>&1 | tee -a "$out/bench.md"
 [ "${PIPESTATUS[0]}" -eq 0 ] || bench_status=1
 
-echo "GPU SUITE: $pytest_line; $e2e_line; $memcheck_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"
+echo "GPU SUITE: $pytest_line; soak ${soak_line:-did not report}; $e2e_line; $memcheck_line; rust $rust_passed passed, $rust_failed_tests failed ($rust_failed binaries failed); bench $([ "$bench_status" -eq 0 ] && echo ok || echo FAILED)"

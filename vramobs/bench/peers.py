@@ -1,4 +1,4 @@
-"""``vramobs bench``: vramobs against raw CUDA (cuda-python), PyTorch and CuPy, in one run.
+"""vramobs against raw CUDA (cuda-python), PyTorch and CuPy over sizes, in one run.
 
 Every figure is a median of repeated timed calls, measured in the same process, so ratios
 compare like with like. Peers that are not installed are reported as ``n/a``. Copies use
@@ -14,12 +14,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import alloc, raw
+from .. import alloc, raw
 
 __all__ = ["Result", "run", "markdown"]
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-COPY_SIZES = (4 * KIB, 1 * MIB, 64 * MIB, 256 * MIB)
+COPY_SIZES = (4 * KIB, 1 * MIB, 64 * MIB, 256 * MIB, 1 * GIB)
 ALLOC_SIZES = (4 * KIB, 1 * MIB, 64 * MIB)
 
 
@@ -156,7 +156,7 @@ def overhead(budget_s: float = 0.4) -> list[tuple[str, float, float]]:
     layer (argument checks, buffer objects, leak sites) adds to the binding call."""
     import ctypes
 
-    from . import _native, get_info, tracing
+    from .. import _native, get_info, tracing
 
     lib = _native.lib()
     tracing.configure(enabled=False)
@@ -187,7 +187,7 @@ def scrape_seconds(live: int = 100_000) -> float:
     """Median time to render /metrics with ``live`` allocations live."""
     from prometheus_client import generate_latest
 
-    from .exporter import default_registry
+    from ..exporter import default_registry
 
     addresses = []
     try:
