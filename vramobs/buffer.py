@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import threading
 import warnings
 from typing import Any, Optional
@@ -360,16 +361,16 @@ def alloc(
         if tracing.active():
             status = tracing.traced(
                 "malloc",
-                lambda: malloc_ex(ptr, nbytes, tag_id, generation),
+                functools.partial(malloc_ex, ptr, nbytes, tag_id, generation),
                 nbytes=nbytes,
                 device=where,
             )
         else:
             status = malloc_ex(ptr, nbytes, tag_id, generation)  # ctypes passes both by reference
         if status == OutOfMemoryError.code and retry.policy().attempts > 1:
-            status = retry.retry(
-                lambda: malloc_ex(ptr, nbytes, tag_id, generation), status, nbytes, where
-            )
+            # partial, not lambda: a closure would make every local a cell on the fast path
+            again = functools.partial(malloc_ex, ptr, nbytes, tag_id, generation)
+            status = retry.retry(again, status, nbytes, where)
         if status:
             check(status, f"allocating {nbytes} bytes")
     buf = DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))

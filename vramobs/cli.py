@@ -80,6 +80,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.backend:
         device.use_backend(args.backend)
+    if args.staging_sweep:
+        print(bench.staging_sweep())
+        return 0
     sizes = {} if not args.quick else {"copy_sizes": (4096, 1 << 20), "alloc_sizes": (4096,)}
     results = bench.run(budget_s=args.budget, **sizes)
     print(f"vramobs {__version__} bench, backend {device.backend()}")
@@ -92,7 +95,8 @@ def _bench(args: argparse.Namespace) -> int:
         print("\nTargets (ratios against peers measured in this run)")
         print(bench.targets_markdown(bench.measure_targets(args.budget)))
     live = 1000 if args.quick else 100_000
-    print(f"\nscrape with {live} live allocations: {bench.scrape_seconds(live) * 1e3:.2f} ms")
+    print(f"\nscrape with {live} live allocations: {bench.scrape_seconds(live) * 1e3:.2f} ms"
+          f" (with none: {bench.scrape_seconds(0) * 1e3:.2f} ms)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in results], f, indent=1)
@@ -148,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes only")
     bench.add_argument("--budget", type=float, default=0.4, help="seconds per case (default 0.4)")
     bench.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    bench.add_argument("--staging-sweep", action="store_true",
+                       help="only time pageable copies over staging threads x chunk sizes")
     bench.set_defaults(run=_bench)
     for name, run, text in (
         ("serve", _serve, "serve /metrics and /healthz"),

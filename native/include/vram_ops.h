@@ -279,9 +279,9 @@ VRAM_API int vram_migrate(void *ptr, uint64_t generation, int device, void **new
 
 typedef struct vram_staging_config {
     uint32_t struct_size;  /* sizeof(vram_staging_config) */
-    uint32_t threads;      /* host copy threads per device and direction (0..64, default 8);
-                            * 0 turns staging off */
-    uint64_t chunk_bytes;  /* bytes per staging buffer (4 KiB..1 GiB, default 4 MiB) */
+    uint32_t threads;      /* host copy threads per device and direction (0..64; default half
+                            * the online CPUs, 4 to 16); 0 turns staging off */
+    uint64_t chunk_bytes;  /* bytes per staging buffer (4 KiB..1 GiB, default 2 MiB) */
     uint64_t min_bytes;    /* smaller pageable copies go to the driver directly (default 1 MiB) */
     uint32_t buffers;      /* staging buffers per thread (1..16, default 2) */
     uint32_t reserved_;    /* 0 */
@@ -380,7 +380,7 @@ typedef struct vram_pool_stats {
     uint64_t cached_bytes;       /* device memory held by cached blocks */
     uint64_t cached_blocks;
     uint64_t hits_total;         /* allocations served from the cache */
-    uint64_t misses_total;       /* allocations that called the driver */
+    uint64_t misses_total;       /* allocations that called the driver while it was on */
     uint64_t released_bytes_total; /* returned to the driver by trim, overflow or OOM */
     uint64_t live_blocks;        /* pool blocks handed out to live allocations */
     uint64_t slack_bytes;        /* their bytes past the driver's rounding of the requests:
@@ -391,7 +391,6 @@ typedef struct vram_pool_stats {
 } vram_pool_stats;
 
 /* One device's pool, or the sum over all with device -1 (enabled: how many are on). */
-
 VRAM_API int vram_pool_stats_get(int device, vram_pool_stats *out, size_t out_size);
 
 /* Allocate count buffers on this thread's device, all or nothing: on success ptrs[i] (and

@@ -533,6 +533,16 @@ def test_a_batch_allocates_every_buffer(op_watch, rng):
             b.close()
 
 
+def test_a_batch_takes_the_wipe_policy_per_buffer(wipe_policy, rng):
+    wipe_policy(False)
+    sizes = [int(n) for n in rng.integers(1, MIB, int(rng.integers(1, 6)))]
+    before = stats.op_stats(0)["wipe"]
+    for b in vramobs.empty_batch(sizes, wipe=True):
+        b.close()
+    after = stats.op_stats(0)["wipe"]
+    assert (after.calls - before.calls, after.bytes_ok - before.bytes_ok) == (len(sizes), sum(sizes))
+
+
 def test_a_batch_refuses_bad_input_before_any_allocation(op_watch, rng):
     lib = LIB()
     count = int(rng.integers(2, 10))

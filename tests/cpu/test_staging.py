@@ -157,7 +157,9 @@ def test_configuration_is_validated(child):
         child,
         r"""
         before = pinned.staging_config()
-        check("defaults", (before.threads, before.chunk_bytes, before.min_bytes, before.buffers), (8, 4 << 20, 1 << 20, 2))
+        cpus = os.cpu_count()
+        threads = 16 if cpus >= 32 else cpus // 2 if cpus >= 8 else 4
+        check("defaults", (before.threads, before.chunk_bytes, before.min_bytes, before.buffers), (threads, 2 << 20, 1 << 20, 2))
         for bad in ({"threads": 65}, {"chunk_bytes": 4095}, {"chunk_bytes": (1 << 30) + 1},
                     {"buffers": 0}, {"buffers": 17}, {"threads": -1}, {"min_bytes": 1.5}):
             exc = raises(f"{bad}", errors.InvalidArgumentError, pinned.configure_staging, **bad)

@@ -80,6 +80,7 @@ if [ -n "$sanitizer" ]; then
   memcheck_line="memcheck $(grep -c 'ERROR SUMMARY: 0 errors' "$out/memcheck.log") of 2 runs clean, $memcheck_failed failed"
 fi
 
+python3 -m vramobs bench --staging-sweep 2>&1 | tee "$out/staging.md"
 python3 -m vramobs bench --json "$out/bench.json" 2>&1 | tee "$out/bench.md"
 bench_status=${PIPESTATUS[0]}
 echo "C: observation's cost per call, vramobs against the bare driver call (same process)"

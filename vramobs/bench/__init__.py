@@ -7,7 +7,7 @@ peers measured in the same run.
 """
 
 from .peers import Result, markdown, overhead, run, scrape_seconds
-from .targets import Target, measure_targets, targets_markdown
+from .targets import Target, measure_targets, staging_sweep, targets_markdown
 
 __all__ = [
     "Result",
@@ -17,5 +17,6 @@ __all__ = [
     "overhead",
     "run",
     "scrape_seconds",
+    "staging_sweep",
     "targets_markdown",
 ]

@@ -256,3 +256,33 @@ def targets_markdown(rows: list[Target]) -> str:
         met = "not measured" if r.met is None else ("yes" if r.met else "NO")
         lines.append(f"| {r.what} | {r.peers} | {r.vramobs} | {value} | {r.target} | {met} |")
     return "\n".join(lines)
+
+
+def staging_sweep(
+    threads: tuple[int, ...] = (4, 8, 12, 16),
+    chunks: tuple[int, ...] = (1 * MIB, 2 * MIB, 4 * MIB, 8 * MIB),
+    nbytes: int = 256 * MIB,
+    budget_s: float = 0.3,
+) -> str:
+    """Pageable H2D and D2H bandwidth for each staging configuration: the measurement the
+    defaults are chosen from. The configuration in force before is restored."""
+    from .. import configure_staging, staging_config
+
+    before = staging_config()
+    rng = np.random.default_rng()
+    host = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    back = np.empty_like(host)
+    lines = [f"pageable copies of {_size(nbytes)} (GB/s)", "| threads | chunk | h2d | d2h |",
+             "|---|---|---|---|"]
+    try:
+        with alloc(nbytes, tag="bench") as buf:
+            for t in threads:
+                for c in chunks:
+                    configure_staging(threads=t, chunk_bytes=c)
+                    h2d = _gbps(nbytes, _median(lambda: buf.copy_from(host), budget_s))
+                    d2h = _gbps(nbytes, _median(lambda: buf.copy_to(back), budget_s))
+                    lines.append(f"| {t} | {_size(c)} | {h2d:.1f} | {d2h:.1f} |")
+    finally:
+        configure_staging(threads=before.threads, chunk_bytes=before.chunk_bytes,
+                          min_bytes=before.min_bytes, buffers=before.buffers)
+    return "\n".join(lines)

@@ -30,12 +30,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 // ---------------------------------------------------------------------------------------------
 
 pub const VRAM_VERSION_MAJOR: c_uint = 0;
-pub const VRAM_VERSION_MINOR: c_uint = 1;
+pub const VRAM_VERSION_MINOR: c_uint = 2;
 pub const VRAM_VERSION_PATCH: c_uint = 0;
-/// `VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH`: 100 for 0.1.0.
+/// `VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH`: 200 for 0.2.0.
 pub const VRAM_VERSION_NUMBER: c_uint =
     VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH;
-pub const VRAM_VERSION_STRING: &str = "0.1.0";
+pub const VRAM_VERSION_STRING: &str = "0.2.0";
 
 /// `vram_status` (VRAM_STATUS_MAP). 0-2 are the specification's.
 pub const VRAM_SUCCESS: c_int = 0;
@@ -66,7 +66,9 @@ pub const VRAM_REASON_INVALID_DEVICE: i32 = 9;
 pub const VRAM_REASON_INVALID_TAG: i32 = 10;
 pub const VRAM_REASON_INVALID_GENERATION: i32 = 11;
 pub const VRAM_REASON_INVALID_BACKEND: i32 = 12;
-pub const VRAM_REASON_COUNT_: i32 = 13;
+pub const VRAM_REASON_OVERLAP: i32 = 13;
+pub const VRAM_REASON_INVALID_CONFIG: i32 = 14;
+pub const VRAM_REASON_COUNT_: i32 = 15;
 
 /// `vram_op` (VRAM_OP_MAP).
 pub const VRAM_OP_MALLOC: i32 = 0;
@@ -75,7 +77,14 @@ pub const VRAM_OP_MEMCPY_H2D: i32 = 2;
 pub const VRAM_OP_MEMCPY_D2H: i32 = 3;
 pub const VRAM_OP_GET_INFO: i32 = 4;
 pub const VRAM_OP_WIPE: i32 = 5;
-pub const VRAM_OP_COUNT_: i32 = 6;
+pub const VRAM_OP_MEMCPY_D2D: i32 = 6;
+pub const VRAM_OP_MEMCPY_P2P: i32 = 7;
+pub const VRAM_OP_MEMCPY_STAGED: i32 = 8;
+pub const VRAM_OP_MIGRATE: i32 = 9;
+pub const VRAM_OP_HOST_ALLOC: i32 = 10;
+pub const VRAM_OP_HOST_FREE: i32 = 11;
+pub const VRAM_OP_POOL_TRIM: i32 = 12;
+pub const VRAM_OP_COUNT_: i32 = 13;
 /// Not an operation: device and backend queries (in `vram_error_info.op`).
 pub const VRAM_OP_NONE: i32 = -1;
 

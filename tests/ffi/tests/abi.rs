@@ -39,7 +39,7 @@ const STATUSES: [(c_int, &str, &str); 11] = [
 ];
 
 /// VRAM_REASON_MAP of the header: (code, label).
-const REASONS: [(i32, &str); 13] = [
+const REASONS: [(i32, &str); 15] = [
     (VRAM_REASON_NONE, "none"),
     (VRAM_REASON_NULL_POINTER, "null_pointer"),
     (VRAM_REASON_ZERO_SIZE, "zero_size"),
@@ -53,14 +53,16 @@ const REASONS: [(i32, &str); 13] = [
     (VRAM_REASON_INVALID_TAG, "invalid_tag"),
     (VRAM_REASON_INVALID_GENERATION, "invalid_generation"),
     (VRAM_REASON_INVALID_BACKEND, "invalid_backend"),
+    (VRAM_REASON_OVERLAP, "overlap"),
+    (VRAM_REASON_INVALID_CONFIG, "invalid_config"),
 ];
 
 #[test]
 fn version_matches_the_header() {
-    assert_eq!(VRAM_VERSION_NUMBER, 100, "0.1.0 is 0 * 10000 + 1 * 100 + 0");
+    assert_eq!(VRAM_VERSION_NUMBER, 200, "0.2.0 is 0 * 10000 + 2 * 100 + 0");
     assert_eq!(unsafe { vram_version_number() }, VRAM_VERSION_NUMBER);
     assert_eq!(version_string(), VRAM_VERSION_STRING);
-    assert_eq!(version_string(), "0.1.0");
+    assert_eq!(version_string(), "0.2.0");
 }
 
 #[test]
@@ -98,6 +100,13 @@ fn reason_and_op_names_match_the_header() {
         (VRAM_OP_MEMCPY_D2H, "memcpy_d2h"),
         (VRAM_OP_GET_INFO, "get_info"),
         (VRAM_OP_WIPE, "wipe"),
+        (VRAM_OP_MEMCPY_D2D, "memcpy_d2d"),
+        (VRAM_OP_MEMCPY_P2P, "memcpy_p2p"),
+        (VRAM_OP_MEMCPY_STAGED, "memcpy_staged"),
+        (VRAM_OP_MIGRATE, "migrate"),
+        (VRAM_OP_HOST_ALLOC, "host_alloc"),
+        (VRAM_OP_HOST_FREE, "host_free"),
+        (VRAM_OP_POOL_TRIM, "pool_trim"),
     ];
     assert_eq!(ops.len() as i32, VRAM_OP_COUNT_);
     for (code, label) in ops {
