@@ -28,10 +28,9 @@
 #define MAX_BUFFERS 16u
 #define MIN_CHUNK ((uint64_t)4096)
 #define MAX_CHUNK ((uint64_t)1 << 30)
-/* A copy is cut so that every buffer of every thread carries ROUNDS chunks (the first chunk
- * is what the copy engine waits for: the smaller, the sooner it starts), down to this size:
- * smaller DMA chunks cost more in driver calls than they gain in overlap. */
-#define ROUNDS 4u
+/* A copy is cut so that every buffer of every thread carries a chunk, down to this size:
+ * smaller DMA chunks cost more in driver calls than they gain in overlap (cutting 64 MiB
+ * copies four times finer made them 20% slower on the H100). */
 #define MIN_JOB_CHUNK ((size_t)256 << 10)
 #define JOB_ALIGN ((size_t)64 << 10)
 
@@ -364,7 +363,7 @@ bool vram_staging_copy(vram_stage_direction direction, int device, uintptr_t dev
     if (!e->built) *error = build(e, &c, generation);
     if (*error == 0) {
         /* Chunks small enough that every buffer of every worker carries one. */
-        size_t per = bytes / ((size_t)e->count * e->buffers * ROUNDS) + 1;
+        size_t per = bytes / ((size_t)e->count * e->buffers) + 1;
         per = per >= e->buffer_bytes ? e->buffer_bytes
                                      : (per + JOB_ALIGN - 1) / JOB_ALIGN * JOB_ALIGN;
         if (per < MIN_JOB_CHUNK) per = MIN_JOB_CHUNK;

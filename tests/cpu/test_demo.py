@@ -67,13 +67,17 @@ def test_demo_with_leaks_on_the_host_backend(tmp_path):
         text=True,
     )
     try:
-        # First look: as soon as the weights are loaded.
+        # First look: as soon as the weights are loaded and the first request has begun.
         deadline = time.monotonic() + 3.5
         first = None
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             snap = scrape(port)
-            if snap is not None and tag(snap, "vramobs_tag_live_bytes", "weights") == weights:
+            if (
+                snap is not None
+                and tag(snap, "vramobs_tag_live_bytes", "weights") == weights
+                and tag(snap, "vramobs_tag_live_bytes", "kv_cache") is not None
+            ):
                 first, first_at = snap, time.monotonic()
                 break
             time.sleep(0.02)
