@@ -49,6 +49,7 @@ from .pinned import (
     trim_pinned,
 )
 from .pool import PoolStats, disable_pool, empty_batch, enable_pool, pool_stats, trim_pool
+from .streams import AsyncStats, Completion, alloc_async, async_stats, stream_handle
 
 try:
     __version__ = _metadata.version("vramobs")
@@ -56,7 +57,9 @@ except _metadata.PackageNotFoundError:  # a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = (
+    "AsyncStats",
     "BusyError",
+    "Completion",
     "CopyError",
     "DeviceBuffer",
     "DeviceFailedError",
@@ -77,6 +80,8 @@ __all__ = (
     "VramError",
     "__version__",
     "alloc",
+    "alloc_async",
+    "async_stats",
     "backend",
     "backend_diagnostic",
     "configure_staging",
@@ -98,6 +103,7 @@ __all__ = (
     "set_device",
     "set_wipe_on_free",
     "staging_config",
+    "stream_handle",
     "to_device",
     "trim_pinned",
     "trim_pool",

@@ -159,6 +159,20 @@ class HostStats(ctypes.Structure):
     ]
 
 
+class AsyncStats(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved_", ctypes.c_uint32)] + [
+        (name, ctypes.c_uint64)
+        for name in (
+            "pending",
+            "enqueued_total",
+            "immediate_total",
+            "completed_total",
+            "failed_total",
+            "drained_total",
+        )
+    ]
+
+
 _P = ctypes.POINTER
 _INT, _VOIDP, _SIZE, _U32, _U64 = (
     ctypes.c_int,
@@ -167,6 +181,8 @@ _INT, _VOIDP, _SIZE, _U32, _U64 = (
     ctypes.c_uint32,
     ctypes.c_uint64,
 )
+
+_STREAM = ctypes.c_size_t  # uintptr_t: a CUstream handle as an integer
 
 # Every function's argtypes and restype: ctypes' default int restype would truncate pointers.
 _SIGNATURES: dict[str, tuple[list, object]] = {
@@ -217,6 +233,15 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "vram_host_trim": ([_SIZE], _INT),
     "vram_host_stats_get": ([_P(HostStats), _SIZE], _INT),
     "vram_host_numa_node": ([_INT, _P(_INT)], _INT),
+    "vram_memcpy_h2d_async": ([_VOIDP, _VOIDP, _SIZE, _STREAM, _P(_VOIDP)], _INT),
+    "vram_memcpy_d2h_async": ([_VOIDP, _VOIDP, _SIZE, _STREAM, _P(_VOIDP)], _INT),
+    "vram_memcpy_d2d_async": ([_VOIDP, _VOIDP, _SIZE, _STREAM, _P(_VOIDP)], _INT),
+    "vram_completion_query": ([_VOIDP, _P(_INT)], _INT),
+    "vram_completion_wait": ([_VOIDP], _INT),
+    "vram_completion_release": ([_VOIDP], _INT),
+    "vram_malloc_async": ([_P(_VOIDP), _SIZE, _U32, _P(_U64), _STREAM], _INT),
+    "vram_free_async": ([_VOIDP, _U64, _STREAM], _INT),
+    "vram_async_stats_get": ([_P(AsyncStats), _SIZE], _INT),
 }
 
 _lock = threading.Lock()

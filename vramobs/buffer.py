@@ -17,7 +17,7 @@ import threading
 import warnings
 from typing import Any, Optional
 
-from . import _hostbuf, _native, leaks, retry, tags, tracing
+from . import _hostbuf, _native, leaks, retry, streams, tags, tracing
 from .device import _on_device, current_device
 from .errors import (
     DeviceFailedError,
@@ -175,6 +175,32 @@ class DeviceBuffer:
         if status:
             check(status, f"freeing {self._nbytes} bytes")
 
+    def close_async(self, stream: Any) -> None:
+        """Free the device memory in ``stream``'s order: the buffer closes at once and its
+        memory goes back after the stream's earlier work (``cuMemFreeAsync`` for buffers of
+        :func:`~vramobs.streams.alloc_async`, after a wait for the stream otherwise)."""
+        handle = streams.stream_handle(stream)
+        free_async = _native.lib().vram_free_async
+        with _closing:
+            if not self._open:
+                return
+            self._open = False
+
+        def call() -> int:
+            return free_async(self._address, self._generation, handle)
+
+        status = (
+            tracing.traced("free", call, nbytes=self._nbytes, device=self._device)
+            if tracing.active()
+            else call()
+        )
+        if status == 0 or status == DeviceFailedError.code:
+            leaks.forget(self._generation)
+        else:
+            self._open = True
+        if status:
+            check(status, f"freeing {self._nbytes} bytes on a stream")
+
     def __enter__(self) -> DeviceBuffer:
         return self
 
@@ -257,6 +283,31 @@ class DeviceBuffer:
     def copy_to(self, dst: Any, offset: int = 0) -> None:
         """Fill all of writable host buffer ``dst`` from this buffer, starting at ``offset``."""
         self._copy(False, dst, offset)
+
+    # -- copies on streams (vramobs.streams) -------------------------------------------------
+
+    def copy_from_async(
+        self,
+        src: Any,
+        offset: int = 0,
+        *,
+        stream: Any,
+        src_offset: int = 0,
+        nbytes: Optional[int] = None,
+    ) -> streams.Completion:
+        """:meth:`copy_from` on ``stream`` (a PyTorch, CuPy or cuda-python stream, a
+        ``__cuda_stream__`` object or a handle): returns a :class:`~vramobs.streams.Completion`
+        to wait for. Checked at the call like :meth:`copy_from`."""
+        if isinstance(src, DeviceBuffer):
+            _nonnegative("src_offset", src_offset)
+            return streams.copy_device_async(self, src, offset, src_offset, nbytes, stream)
+        if src_offset or nbytes is not None:
+            raise InvalidArgumentError("src_offset and nbytes apply to DeviceBuffer sources only")
+        return streams.copy_host_async(self, True, src, offset, stream)
+
+    def copy_to_async(self, dst: Any, offset: int = 0, *, stream: Any) -> streams.Completion:
+        """:meth:`copy_to` on ``stream``; returns a Completion to wait for."""
+        return streams.copy_host_async(self, False, dst, offset, stream)
 
     def to_bytes(self, offset: int = 0, nbytes: Optional[int] = None) -> bytes:
         """Read ``nbytes`` (default: to the end) starting at ``offset`` into new bytes."""

@@ -22,7 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from . import __version__, _native, device, leaks, pinned, pool, retry, stats, tags
+from . import __version__, _native, device, leaks, pinned, pool, retry, stats, streams, tags
 from .errors import VramError
 from .nvml import NvmlMemory, NvmlReader
 
@@ -157,6 +157,7 @@ class VramCollector:
         yield from self._registry(devices)
         yield from self._pool(devices)
         yield from self._pinned()
+        yield from self._streams()
         yield from self._memory(devices)
 
     def _device_state(self, devices: list[_Device]) -> Iterator[Metric]:
@@ -310,6 +311,28 @@ class VramCollector:
         staged.add_metric([], h.staged_copies_total)
         cleared.add_metric([], h.staging_cleared_bytes_total)
         yield from (held, staged, cleared)
+
+    def _streams(self) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "vramobs_async_copies_pending", "Copies handed to CUDA streams, not yet complete"
+        )
+        copies = CounterMetricFamily(
+            "vramobs_async_copies",
+            "Async copies by outcome: completed or failed on their stream, or done at the call "
+            "(immediate: ordinary host memory, or no peer path)",
+            labels=["outcome"],
+        )
+        drained = CounterMetricFamily(
+            "vramobs_async_copies_drained",
+            "Async copies a free waited for before their caller did",
+        )
+        a = streams.async_stats()
+        pending.add_metric([], a.pending)
+        for outcome, value in (("completed", a.completed_total), ("failed", a.failed_total),
+                               ("immediate", a.immediate_total)):
+            copies.add_metric([outcome], value)
+        drained.add_metric([], a.drained_total)
+        yield from (pending, copies, drained)
 
     def _pool(self, devices: list[_Device]) -> Iterator[Metric]:
         cached = GaugeMetricFamily(

@@ -113,7 +113,8 @@ def traced(op: str, call: Callable[[], int], *, nbytes: int, device: int) -> int
             "vram.status_code": status,
             "vram.outcome": "success" if status == 0 else "error",
         }
-        if op.startswith("memcpy") and status == 0 and elapsed > 0:
+        # An async copy's span times its hand-off to the stream, not the transfer.
+        if op.startswith("memcpy") and not op.endswith("_async") and status == 0 and elapsed > 0:
             attributes["vram.bandwidth_bytes_per_second"] = nbytes * 1e9 / elapsed
         attributes.update(_describe(device, status))
         span.set_attributes(attributes)

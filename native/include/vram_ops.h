@@ -115,7 +115,8 @@ VRAM_API const char *vram_strerror(int status);
     XX(11, INVALID_GENERATION, "invalid_generation") \
     XX(12, INVALID_BACKEND, "invalid_backend")       \
     XX(13, OVERLAP, "overlap")                       \
-    XX(14, INVALID_CONFIG, "invalid_config")
+    XX(14, INVALID_CONFIG, "invalid_config")         \
+    XX(15, INVALID_STREAM, "invalid_stream")
 
 typedef enum vram_reason {
 #define VRAM_REASON_ENUM_(code, name, label) VRAM_REASON_##name = code,
@@ -401,6 +402,78 @@ VRAM_API int vram_pool_stats_get(int device, vram_pool_stats *out, size_t out_si
  * buffer counts as one malloc, and the buffers undone after a failure as frees. */
 VRAM_API int vram_malloc_batch(void **ptrs, const size_t *sizes, size_t count, uint32_t tag,
                                uint64_t *generations);
+
+/* ------------------------------------------------------------------------------------------
+ * Asynchronous operations on CUDA streams.
+ *
+ * stream is a CUstream handle as an integer, as PyTorch (torch.cuda.Stream.cuda_stream), CuPy
+ * (cupy.cuda.Stream.ptr) and cuda-python (int(CUstream)) expose it: 0 and 1 name the legacy
+ * default stream, 2 the per-thread default stream. It must belong to the primary context of
+ * the allocation's device (the context the CUDA runtime, PyTorch and CuPy use); a stream of
+ * another context or device -> 2 (reason invalid_stream). The driver cannot tell a stale or
+ * made-up handle from a stream: passing one is undefined, as for every CUDA API.
+ *
+ * An async copy is validated like its synchronous twin (the same codes and reasons, no byte
+ * written on a refusal), ordered after the work already on stream, and hands back a
+ * completion: query, wait for and release it. The copy's allocations (and its host range,
+ * when that is vram_host_alloc or registered memory) stay held until it is complete: a
+ * vram_free, vram_free_async, vram_host_free or vram_host_unregister of them first waits for
+ * the copies in flight on them, so no copy ever touches released memory. With ordinary
+ * (pageable) host memory the copy is done when the call returns, as the driver does it:
+ * after the stream's earlier work, through the staging engines; likewise copies between
+ * devices without peer access. An async copy is counted once, when its completion is first
+ * seen complete, under its direction's operation (memcpy_h2d, memcpy_d2h, memcpy_d2d,
+ * memcpy_p2p), with the time the device took from its start to its end on the stream as its
+ * latency: the histograms show the copy's own bandwidth. Refusals are counted at the call.
+ * On the host backend there are no streams: any stream value is accepted and the copy is done
+ * when the call returns.
+ * ---------------------------------------------------------------------------------------- */
+
+typedef struct vram_completion vram_completion;
+
+/* The async twins of vram_memcpy_h2d, vram_memcpy_d2h and vram_memcpy_d2d. completion NULL
+ * -> 2 (null_pointer); on success *completion must be released, on failure it is NULL. */
+VRAM_API int vram_memcpy_h2d_async(void *dst, const void *src, size_t bytes, uintptr_t stream,
+                                   vram_completion **completion);
+VRAM_API int vram_memcpy_d2h_async(void *dst, const void *src, size_t bytes, uintptr_t stream,
+                                   vram_completion **completion);
+VRAM_API int vram_memcpy_d2d_async(void *dst, const void *src, size_t bytes, uintptr_t stream,
+                                   vram_completion **completion);
+
+/* *done = 1 once the copy is complete (its status is then what vram_completion_wait returns),
+ * else 0; never blocks. NULL arguments -> 2. */
+VRAM_API int vram_completion_query(vram_completion *completion, int *done);
+/* Block until the copy is complete; return its status: 0, 3 (the copy failed on the device)
+ * or 8 (a sticky error, the device latched failed). NULL -> 2. */
+VRAM_API int vram_completion_wait(vram_completion *completion);
+/* Wait as vram_completion_wait, then destroy the completion and return the copy's status.
+ * NULL -> success. The completion must not be used afterwards. */
+VRAM_API int vram_completion_release(vram_completion *completion);
+
+/* Stream-ordered allocation from the device's default memory pool (cuMemAllocAsync): the
+ * memory is usable by work on stream (or after it) at once, by the host's synchronous copies
+ * after the stream's earlier work. Otherwise as vram_malloc_ex, on this thread's device,
+ * counted as malloc. */
+VRAM_API int vram_malloc_async(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation,
+                               uintptr_t stream);
+/* Free the allocation (ptr, generation) in stream order (cuMemFreeAsync): it leaves the
+ * registry at once and its memory returns to the driver after the stream's earlier work.
+ * Codes as vram_free_ex; under VRAM_WIPE_ON_FREE it is zeroed on the stream first. Any
+ * allocation may be freed this way, and a vram_malloc_async one by vram_free too. */
+VRAM_API int vram_free_async(void *ptr, uint64_t generation, uintptr_t stream);
+
+typedef struct vram_async_stats {
+    uint32_t struct_size;
+    uint32_t reserved_;
+    uint64_t pending;          /* completions not yet seen complete */
+    uint64_t enqueued_total;   /* copies handed to a stream */
+    uint64_t immediate_total;  /* async calls done when they returned (pageable, staged, host) */
+    uint64_t completed_total;  /* enqueued copies seen complete, successfully */
+    uint64_t failed_total;     /* enqueued copies that failed on the device */
+    uint64_t drained_total;    /* waited for by a free before their caller waited */
+} vram_async_stats;
+
+VRAM_API int vram_async_stats_get(vram_async_stats *out, size_t out_size);
 
 /* ------------------------------------------------------------------------------------------
  * Observability: per-call aggregates kept in C with atomics, copied out on demand.

@@ -153,6 +153,47 @@ static int host_wipe(int device, uintptr_t address, size_t bytes) {
     return HOST_OK;
 }
 
+/* No streams here: every stream is accepted, and async work is done before returning. */
+static int host_stream_check(int device, uintptr_t stream) {
+    (void)device, (void)stream;
+    return HOST_OK;
+}
+
+static int host_stream_sync(int device, uintptr_t stream) { return host_stream_check(device, stream); }
+
+static int host_copy_async(int device, vram_async_kind kind, uintptr_t dst, uintptr_t src,
+                           int src_device, size_t bytes, uintptr_t stream, void **fence) {
+    (void)stream;
+    *fence = NULL;
+    switch (kind) {
+    case VRAM_ASYNC_H2D: return host_copy_h2d(device, dst, (const void *)src, bytes, false);
+    case VRAM_ASYNC_D2H: return host_copy_d2h(device, (void *)dst, src, bytes, false);
+    case VRAM_ASYNC_D2D: return host_copy_d2d(device, dst, src, bytes);
+    case VRAM_ASYNC_PEER: return host_copy_peer(device, dst, src_device, src, bytes);
+    }
+    return HOST_INVALID_DEVICE;
+}
+
+static int host_fence_wait(void *fence, bool block, uint64_t *elapsed_ns) {
+    (void)fence, (void)block;
+    *elapsed_ns = 0;
+    return HOST_OK;
+}
+
+static void host_fence_release(void *fence) { (void)fence; }
+
+static int host_alloc_async(int device, size_t bytes, uintptr_t stream, uintptr_t *out) {
+    (void)stream;
+    return host_alloc(device, bytes, out);
+}
+
+static int host_release_async(int device, uintptr_t address, size_t bytes, bool wipe,
+                              uintptr_t stream) {
+    (void)stream;
+    if (wipe) host_wipe(device, address, bytes);
+    return host_release(device, address, bytes);
+}
+
 static int host_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
     if (device < 0 || device >= g_devices) return HOST_INVALID_DEVICE;
     uint64_t used = __atomic_load_n(&g_used[device], __ATOMIC_RELAXED);
@@ -206,6 +247,13 @@ const vram_backend vram_backend_host = {
     .host_free = host_pinned_free,
     .host_register = host_register,
     .host_unregister = host_unregister,
+    .stream_check = host_stream_check,
+    .stream_sync = host_stream_sync,
+    .copy_async = host_copy_async,
+    .fence_wait = host_fence_wait,
+    .fence_release = host_fence_release,
+    .alloc_async = host_alloc_async,
+    .release_async = host_release_async,
     .footprint = host_footprint,
     .classify = host_classify,
     .error_name = host_error_name,

@@ -5,8 +5,11 @@
 #define VRAM_CUDA_DRIVER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <cudaTypedefs.h>
+
+#include "internal.h"
 
 /* slot, ABI symbol (cuda.h #defines the plain names to these), typedef. Every driver since
  * the version in the typedef's name exports the symbol; a missing one fails the load. */
@@ -53,6 +56,11 @@
     X(event_synchronize, cuEventSynchronize, PFN_cuEventSynchronize_v2000)              \
     X(event_query, cuEventQuery, PFN_cuEventQuery_v2000)                                \
     X(event_destroy, cuEventDestroy_v2, PFN_cuEventDestroy_v4000)                       \
+    X(event_elapsed_time, cuEventElapsedTime, PFN_cuEventElapsedTime_v2000)             \
+    X(stream_get_ctx, cuStreamGetCtx, PFN_cuStreamGetCtx_v9020)                         \
+    X(mem_alloc_async, cuMemAllocAsync, PFN_cuMemAllocAsync_v11020)                     \
+    X(mem_free_async, cuMemFreeAsync, PFN_cuMemFreeAsync_v11020)                        \
+    X(memcpy_peer_async, cuMemcpyPeerAsync, PFN_cuMemcpyPeerAsync_v4000)                \
     X(get_error_name, cuGetErrorName, PFN_cuGetErrorName_v6000)
 
 typedef struct vram_cuda_driver {
@@ -70,5 +78,16 @@ CUresult vram_cuda_enter(int device, bool *pushed);
 void vram_cuda_leave(bool pushed);
 /* The device's primary context (retained once, kept for the process). */
 CUresult vram_cuda_primary_context(int device, CUcontext *ctx);
+
+/* cuda_streams.c: the CUDA backend's work on caller streams (see vram_backend in internal.h). */
+int vram_cuda_stream_check(int device, uintptr_t stream);
+int vram_cuda_stream_sync(int device, uintptr_t stream);
+int vram_cuda_copy_async(int device, vram_async_kind kind, uintptr_t dst, uintptr_t src,
+                         int src_device, size_t bytes, uintptr_t stream, void **fence);
+int vram_cuda_fence_wait(void *fence, bool block, uint64_t *elapsed_ns);
+void vram_cuda_fence_release(void *fence);
+int vram_cuda_alloc_async(int device, size_t bytes, uintptr_t stream, uintptr_t *out);
+int vram_cuda_release_async(int device, uintptr_t address, size_t bytes, bool wipe,
+                            uintptr_t stream);
 
 #endif /* VRAM_CUDA_DRIVER_H */

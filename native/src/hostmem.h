@@ -11,6 +11,10 @@
 /* pinned.c: whether [ptr, ptr + bytes) lies inside one vram_host_alloc block in use or one
  * registered range. O(log n). */
 bool vram_pinned_contains(const void *ptr, size_t bytes);
+/* Hold such a range for an async copy (false, nothing held, when it is not one): its block
+ * is not freed nor its registration dropped until vram_pinned_unhold(ptr). */
+bool vram_pinned_hold(const void *ptr, size_t bytes);
+void vram_pinned_unhold(const void *ptr);
 
 /* staging.c. Directions of an engine. */
 typedef enum vram_stage_direction { VRAM_STAGE_H2D = 0, VRAM_STAGE_D2H = 1 } vram_stage_direction;

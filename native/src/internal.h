@@ -17,6 +17,19 @@ typedef enum vram_fault {
     VRAM_FAULT_OTHER
 } vram_fault;
 
+/* Copies a backend enqueues on a stream: device address from host pointer, host from device,
+ * within one device, and from src_device's memory to device's (peer). */
+typedef enum vram_async_kind {
+    VRAM_ASYNC_H2D = 0,
+    VRAM_ASYNC_D2H,
+    VRAM_ASYNC_D2D,
+    VRAM_ASYNC_PEER
+} vram_async_kind;
+
+/* Backend answers that are not driver codes (those are >= 0). */
+#define VRAM_FENCE_PENDING (-1)
+#define VRAM_STREAM_FOREIGN (-2)
+
 /* A backend answers with its driver's raw code (0 = success); classify() interprets it.
  * Backends are stateless towards the registry: validation happens before they are called. */
 typedef struct vram_backend {
@@ -44,6 +57,23 @@ typedef struct vram_backend {
     int (*host_free)(void *ptr);
     int (*host_register)(void *ptr, size_t bytes);
     int (*host_unregister)(void *ptr);
+    /* Caller streams (async.c), handles as the caller gave them. stream_check: 0 when stream
+     * may carry work of device, VRAM_STREAM_FOREIGN when it belongs to another context, else
+     * the driver's error. stream_sync waits for the work on it. copy_async enqueues a copy
+     * between two timing marks and hands back the fence to wait for (NULL: the copy was done
+     * before it returned). fence_wait polls (block false) or waits: 0 complete (*elapsed_ns:
+     * the device's time between the marks), VRAM_FENCE_PENDING, or the driver's error;
+     * fence_release recycles it. alloc_async and release_async allocate and free in stream
+     * order (release_async zeroes first when wipe). */
+    int (*stream_check)(int device, uintptr_t stream);
+    int (*stream_sync)(int device, uintptr_t stream);
+    int (*copy_async)(int device, vram_async_kind kind, uintptr_t dst, uintptr_t src,
+                      int src_device, size_t bytes, uintptr_t stream, void **fence);
+    int (*fence_wait)(void *fence, bool block, uint64_t *elapsed_ns);
+    void (*fence_release)(void *fence);
+    int (*alloc_async)(int device, size_t bytes, uintptr_t stream, uintptr_t *out);
+    int (*release_async)(int device, uintptr_t address, size_t bytes, bool wipe,
+                         uintptr_t stream);
     /* Device memory an allocation of this size takes, as the driver rounds it. */
     size_t (*footprint)(size_t bytes);
     vram_fault (*classify)(int driver_error);
@@ -84,9 +114,11 @@ typedef struct vram_entry vram_entry;
 /* Reserve a node before the driver allocates, so that recording cannot fail afterwards. */
 vram_entry *vram_registry_node_new(void);
 void vram_registry_node_delete(vram_entry *node);
-/* Record a fresh allocation; takes ownership of node. Returns its generation. */
+/* Record a fresh allocation; takes ownership of node. Returns its generation. started_ns: the
+ * clock at the start of the allocating call, its alloc_ns (no clock read of its own). */
 uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uintptr_t address,
-                              size_t bytes, int device, uint32_t tag, bool wipe);
+                              size_t bytes, int device, uint32_t tag, bool wipe,
+                              uint64_t started_ns);
 /* Set a live allocation's wipe flag; false if (address, generation) is not live. */
 bool vram_registry_set_wipe(uintptr_t address, uint64_t generation, bool wipe);
 
@@ -95,6 +127,13 @@ vram_lookup vram_registry_pin(uintptr_t address, size_t bytes, vram_entry **entr
 /* Pin exactly the live allocation (address, generation); false if it is not live there. */
 bool vram_registry_pin_allocation(uintptr_t address, uint64_t generation, vram_entry **entry);
 void vram_registry_unpin(vram_entry *entry);
+/* Turn a pin into one held by an async copy (a free drains those through async.c rather than
+ * waiting for their caller), and drop it. */
+void vram_registry_hold_async(vram_entry *entry);
+void vram_registry_unpin_async(vram_entry *entry);
+/* Mark a reserved node as a stream-ordered allocation (before vram_registry_insert). */
+void vram_registry_node_stream_ordered(vram_entry *node);
+bool vram_entry_stream_ordered(const vram_entry *entry);
 
 /* The free protocol: begin (waits for copies, marks the entry as being freed), then finish
  * with whether the driver released it. generation 0 means any generation. */
@@ -143,6 +182,25 @@ typedef struct vram_call {
 vram_call vram_call_begin(vram_op op);
 int vram_call_finish(vram_call *c, int status);
 int vram_call_refuse(vram_call *c, int status, vram_reason reason);
+
+/* Shared by the operations of vram_ops.c and async.c. */
+/* Translate a driver failure into a status; a sticky one latches the device. */
+int vram_driver_failure(vram_call *c, const vram_backend *b, int device, int error,
+                        int otherwise);
+/* Pin the live allocation holding a device range, or set c's reason and say why not. */
+int vram_pin_range(vram_call *c, uintptr_t address, size_t bytes, vram_entry **entry,
+                   int *device);
+/* The path copies from src_device to dst_device take (a vram_copy_path). */
+int vram_copy_path_of(const vram_backend *b, int src_device, int dst_device);
+/* Copy between two pinned device ranges, done when it returns; sets c's op to the path. */
+int vram_copy_between(vram_call *c, vram_entry *dst_entry, uintptr_t dst, vram_entry *src_entry,
+                      uintptr_t src, size_t bytes);
+
+/* async.c: whether stream may carry work of device (a refusal sets c's reason), and the
+ * drains: wait for the async copies holding an allocation or a pinned host range. */
+int vram_stream_check(vram_call *c, const vram_backend *b, int device, uintptr_t stream);
+void vram_async_drain_entry(const vram_entry *entry);
+void vram_async_drain_host(uintptr_t start, size_t bytes);
 
 /* Overflow-checked arithmetic. */
 static inline bool vram_add_overflows(uintptr_t a, size_t b, uintptr_t *sum) {

@@ -1,8 +1,9 @@
 /* Pinned host memory: vram_host_alloc blocks from a cache of size classes, registered caller
  * buffers, and the range table that tells a copy whether its host side is page-locked. */
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 
 #include "addrmap.h"
 #include "hostmem.h"
@@ -23,6 +24,7 @@ typedef struct range {
     size_t bytes;           /* asked for (blocks) or registered */
     size_t size;            /* page-locked bytes: the class size of a block */
     range_kind kind;
+    uint32_t holds;              /* async copies in flight from or to it */
     const vram_backend *backend; /* the one that made or registered it */
     struct range *next;          /* in a cache list */
 } range;
@@ -63,6 +65,34 @@ bool vram_pinned_contains(const void *ptr, size_t bytes) {
     bool inside = r && r->kind != RANGE_PENDING && bytes <= r->size - (p - r->node.key);
     pthread_mutex_unlock(&g_lock);
     return inside;
+}
+
+bool vram_pinned_hold(const void *ptr, size_t bytes) {
+    uintptr_t p = (uintptr_t)ptr;
+    pthread_mutex_lock(&g_lock);
+    range *r = holding(p);
+    bool inside = r && r->kind != RANGE_PENDING && bytes <= r->size - (p - r->node.key);
+    if (inside) r->holds++;
+    pthread_mutex_unlock(&g_lock);
+    return inside;
+}
+
+void vram_pinned_unhold(const void *ptr) {
+    pthread_mutex_lock(&g_lock);
+    range *r = holding((uintptr_t)ptr); /* held: still in the table */
+    if (r) r->holds--;
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* Called with g_lock held on the range r at p that is about to go: if async copies still hold
+ * it, release the lock, wait for them, and answer true (look the range up again). */
+static bool drained(range *r, uintptr_t p) {
+    if (r->holds == 0) return false;
+    size_t size = r->size;
+    pthread_mutex_unlock(&g_lock);
+    vram_async_drain_host(p, size);
+    sched_yield(); /* a copy still being handed to its stream holds it but is not listed yet */
+    return true;
 }
 
 /* Whether [p, p + bytes) overlaps a range of the table (p + bytes does not wrap). */
@@ -196,16 +226,19 @@ int vram_host_free(void *ptr) {
     vram_call c = vram_call_begin(VRAM_OP_HOST_FREE);
     if (!ptr) return vram_call_finish(&c, VRAM_SUCCESS);
     uintptr_t p = (uintptr_t)ptr;
-    pthread_mutex_lock(&g_lock);
-    range *r = holding(p);
-    if (!r || r->kind != RANGE_BLOCK) {
-        pthread_mutex_unlock(&g_lock);
-        return vram_call_refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER);
-    }
-    if (r->node.key != p) {
-        pthread_mutex_unlock(&g_lock);
-        return vram_call_refuse(&c, VRAM_ERR_INTERIOR_POINTER, VRAM_REASON_INTERIOR_POINTER);
-    }
+    range *r;
+    do {
+        pthread_mutex_lock(&g_lock);
+        r = holding(p);
+        if (!r || r->kind != RANGE_BLOCK) {
+            pthread_mutex_unlock(&g_lock);
+            return vram_call_refuse(&c, VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER);
+        }
+        if (r->node.key != p) {
+            pthread_mutex_unlock(&g_lock);
+            return vram_call_refuse(&c, VRAM_ERR_INTERIOR_POINTER, VRAM_REASON_INTERIOR_POINTER);
+        }
+    } while (drained(r, p));
     vram_addrmap_remove(&g_ranges, p);
     g_stats.live_count--;
     g_stats.live_bytes -= r->size;
@@ -272,16 +305,19 @@ int vram_host_register(void *ptr, size_t bytes) {
 int vram_host_unregister(void *ptr) {
     if (!ptr) return fail(VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER, 0);
     uintptr_t p = (uintptr_t)ptr;
-    pthread_mutex_lock(&g_lock);
-    range *r = holding(p);
-    if (!r || r->kind != RANGE_REGISTERED) {
-        pthread_mutex_unlock(&g_lock);
-        return fail(VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER, 0);
-    }
-    if (r->node.key != p) {
-        pthread_mutex_unlock(&g_lock);
-        return fail(VRAM_ERR_INTERIOR_POINTER, VRAM_REASON_INTERIOR_POINTER, 0);
-    }
+    range *r;
+    do {
+        pthread_mutex_lock(&g_lock);
+        r = holding(p);
+        if (!r || r->kind != RANGE_REGISTERED) {
+            pthread_mutex_unlock(&g_lock);
+            return fail(VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER, 0);
+        }
+        if (r->node.key != p) {
+            pthread_mutex_unlock(&g_lock);
+            return fail(VRAM_ERR_INTERIOR_POINTER, VRAM_REASON_INTERIOR_POINTER, 0);
+        }
+    } while (drained(r, p));
     /* Pending again: copies stop treating it as pinned before the driver unlocks it. */
     r->kind = RANGE_PENDING;
     g_stats.registered_count--;

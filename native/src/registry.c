@@ -3,7 +3,8 @@
  * One mutex guards everything here; it is never held across a driver call. Copies pin their
  * entry (pins > 0) and unpin when done; a free marks its entry `freeing` (new pins are then
  * refused) and waits on `changed` until the pins drain, so a copy never races a free into
- * freed memory. Freed addresses are remembered in a ring of VRAM_FREED_MEMORY tombstones for
+ * freed memory. Pins of async copies are drained by the free itself (async.c waits for their
+ * streams), so a free before its caller waits for a copy cannot deadlock. Freed addresses are remembered in a ring of VRAM_FREED_MEMORY tombstones for
  * idempotent free; the oldest is forgotten first. */
 #include <pthread.h>
 #include <stddef.h>
@@ -24,9 +25,11 @@ struct vram_entry {
     int device;
     uint32_t tag;
     uint32_t pins;
+    uint32_t async_pins; /* of those, held by async copies: a free drains them (async.c) */
     bool freeing;  /* a free is under way: refuse new pins */
     bool detached; /* no longer in the map: the last unpin or the freer deletes it */
     bool wipe;     /* overwrite with zeros before freeing */
+    bool stream_ordered; /* made by vram_malloc_async */
 };
 
 typedef struct tombstone {
@@ -61,9 +64,17 @@ static vram_entry *live_generation(uint64_t generation) {
     return n ? (vram_entry *)((char *)n - offsetof(vram_entry, by_generation)) : NULL;
 }
 
-vram_entry *vram_registry_node_new(void) { return calloc(1, sizeof(vram_entry)); }
+vram_entry *vram_registry_node_new(void) {
+    vram_entry *node = malloc(sizeof *node); /* malloc's thread cache; calloc bypasses it */
+    if (node) *node = (vram_entry){0};
+    return node;
+}
 
 void vram_registry_node_delete(vram_entry *node) { free(node); }
+
+void vram_registry_node_stream_ordered(vram_entry *node) { node->stream_ordered = true; }
+
+bool vram_entry_stream_ordered(const vram_entry *e) { return e->stream_ordered; /* immutable */ }
 
 static void forget_tomb(uintptr_t address) {
     tombstone *t = (tombstone *)vram_addrmap_remove(&g_freed, address);
@@ -120,7 +131,8 @@ static void evict_overlaps(uintptr_t address, size_t bytes) {
 }
 
 uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uintptr_t address,
-                              size_t bytes, int device, uint32_t tag, bool wipe) {
+                              size_t bytes, int device, uint32_t tag, bool wipe,
+                              uint64_t started_ns) {
     pthread_mutex_lock(&g_lock);
     /* Freed starts inside the new range stay remembered: lookups consult them only for
      * addresses no live allocation holds. */
@@ -132,12 +144,14 @@ uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uin
     node->tag = tag;
     node->wipe = wipe;
     node->generation = g_next_generation++;
-    node->alloc_ns = vram_now_ns();
     vram_addrmap_insert(&g_live, &node->node);
     node->by_generation.key = (uintptr_t)node->generation;
     vram_addrmap_insert(&g_generations, &node->by_generation);
 
     device_books *b = &g_books[device];
+    /* Never older than the device's newest: its list stays in alloc_ns order. */
+    node->alloc_ns = b->newest && b->newest->alloc_ns > started_ns ? b->newest->alloc_ns
+                                                                  : started_ns;
     node->prev = b->newest;
     if (b->newest) b->newest->next = node; else b->oldest = node;
     b->newest = node;
@@ -203,6 +217,19 @@ void vram_registry_unpin(vram_entry *e) {
     pthread_mutex_unlock(&g_lock);
 }
 
+void vram_registry_hold_async(vram_entry *e) {
+    pthread_mutex_lock(&g_lock);
+    e->async_pins++;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void vram_registry_unpin_async(vram_entry *e) {
+    pthread_mutex_lock(&g_lock);
+    e->async_pins--;
+    pthread_mutex_unlock(&g_lock);
+    vram_registry_unpin(e);
+}
+
 static void count_repeat(int device) { g_books[device].stats.repeated_frees_total++; }
 
 vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
@@ -236,7 +263,15 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
         }
         if (e) {
             e->freeing = true;
-            while (e->pins > 0) pthread_cond_wait(&g_changed, &g_lock);
+            while (e->pins > 0) {
+                if (e->async_pins > 0) { /* copies on streams: wait for them, not their callers */
+                    pthread_mutex_unlock(&g_lock);
+                    vram_async_drain_entry(e); /* e stays: pinned and marked freeing */
+                    pthread_mutex_lock(&g_lock);
+                } else {
+                    pthread_cond_wait(&g_changed, &g_lock);
+                }
+            }
             if (e->detached) { /* released outside vram_free meanwhile; the address is reused */
                 vram_registry_node_delete(e);
                 result = VRAM_FREE_ALREADY;

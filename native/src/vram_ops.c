@@ -45,8 +45,8 @@ static inline int refuse(call *c, int status, vram_reason reason) {
     return vram_call_refuse(c, status, reason);
 }
 
-/* Translate a driver failure; a sticky one latches the device. */
-static int driver_failure(call *c, const vram_backend *b, int device, int error, int otherwise) {
+int vram_driver_failure(vram_call *c, const vram_backend *b, int device, int error,
+                        int otherwise) {
     c->driver_error = error;
     switch (b->classify(error)) {
     case VRAM_FAULT_STICKY:
@@ -57,6 +57,10 @@ static int driver_failure(call *c, const vram_backend *b, int device, int error,
     default:
         return otherwise;
     }
+}
+
+static int driver_failure(call *c, const vram_backend *b, int device, int error, int otherwise) {
+    return vram_driver_failure(c, b, device, error, otherwise);
 }
 
 /* The backend and thread device for an operation that allocates or queries. */
@@ -112,29 +116,35 @@ static int wipe(const vram_backend *b, int device, uintptr_t address, size_t byt
     return finish(&w, VRAM_SUCCESS);
 }
 
-/* The allocation proper, between the backend's choice and its registry entry. */
-static int allocate(call *c, void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
+/* The allocation proper, between the backend's choice and its registry entry; in stream
+ * order on *stream when stream is not NULL. */
+static int allocate(call *c, void **ptr, size_t bytes, uint32_t tag, uint64_t *generation,
+                    const uintptr_t *stream) {
     const vram_backend *b;
     int status = ready(c, &b);
+    if (status == VRAM_SUCCESS && stream) status = vram_stream_check(c, b, c->device, *stream);
     if (status != VRAM_SUCCESS) return status;
     vram_entry *node = vram_registry_node_new(); /* before the driver: recording cannot fail */
     if (!node) return VRAM_ERR_ALLOCATION_FAILED;
     uintptr_t address = 0;
-    int error = vram_pool_alloc(b, c->device, bytes, &address); /* the driver, or the pool */
+    int error = stream ? b->alloc_async(c->device, bytes, *stream, &address)
+                       : vram_pool_alloc(b, c->device, bytes, &address); /* or the pool */
+    if (stream) vram_registry_node_stream_ordered(node);
     if (error != 0 || address == 0) {
         vram_registry_node_delete(node);
         return error ? driver_failure(c, b, c->device, error, VRAM_ERR_ALLOCATION_FAILED)
                      : VRAM_ERR_ALLOCATION_FAILED;
     }
     bool wipe = __atomic_load_n(&g_wipe_policy, __ATOMIC_RELAXED) == VRAM_WIPE_ON_FREE;
-    uint64_t g = vram_registry_insert(node, b, address, bytes, c->device, tag, wipe);
+    uint64_t g = vram_registry_insert(node, b, address, bytes, c->device, tag, wipe, c->start_ns);
     *ptr = (void *)address;
     if (generation) *generation = g;
     c->bytes = bytes;
     return VRAM_SUCCESS;
 }
 
-int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
+static int malloc_on(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation,
+                     const uintptr_t *stream) {
     call c = begin(VRAM_OP_MALLOC);
     if (!ptr) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
     *ptr = NULL;
@@ -145,14 +155,49 @@ int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation)
     if (tag >= VRAM_MAX_TAGS)
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_TAG);
     vram_runtime_allocation_begin();
-    int status = allocate(&c, ptr, bytes, tag, generation);
+    int status = allocate(&c, ptr, bytes, tag, generation, stream);
     vram_runtime_allocation_end();
     return finish(&c, status);
 }
 
+int vram_malloc_ex(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation) {
+    return malloc_on(ptr, bytes, tag, generation, NULL);
+}
+
 int vram_malloc(void **ptr, size_t bytes) { return vram_malloc_ex(ptr, bytes, 0, NULL); }
 
-static int free_generation(void *ptr, uint64_t generation) {
+int vram_malloc_async(void **ptr, size_t bytes, uint32_t tag, uint64_t *generation,
+                      uintptr_t stream) {
+    return malloc_on(ptr, bytes, tag, generation, &stream);
+}
+
+/* Release an allocation in stream order: stream-ordered memory to the driver on the stream
+ * (zeroed there first when wipe); any other (the pool's blocks, cuMemAlloc's) after the
+ * stream's earlier work, as vram_free releases it. */
+static int release_on(call *c, const vram_backend *b, vram_entry *e, uintptr_t address,
+                      size_t bytes, bool wipe_first, uintptr_t stream) {
+    int status = vram_stream_check(c, b, c->device, stream);
+    if (status != VRAM_SUCCESS) return status;
+    if (vram_entry_stream_ordered(e)) {
+        uint64_t start = vram_now_ns();
+        int error = b->release_async(c->device, address, bytes, wipe_first, stream);
+        if (error) return driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER);
+        if (wipe_first) /* the zeroing, enqueued with the free: counted, timed to enqueue */
+            vram_stats_record(c->device, VRAM_OP_WIPE, VRAM_SUCCESS, VRAM_REASON_NONE, bytes,
+                              vram_now_ns() - start);
+        return VRAM_SUCCESS;
+    }
+    int error = b->stream_sync(c->device, stream);
+    if (error) return driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER);
+    if (wipe_first) {
+        status = wipe(b, c->device, address, bytes, &c->driver_error);
+        if (status != VRAM_SUCCESS) return status;
+    }
+    error = vram_pool_release(b, c->device, address, bytes);
+    return error ? driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER) : VRAM_SUCCESS;
+}
+
+static int free_generation(void *ptr, uint64_t generation, const uintptr_t *stream) {
     call c = begin(VRAM_OP_FREE);
     if (!ptr) return finish(&c, VRAM_SUCCESS);
     vram_entry *e = NULL;
@@ -184,6 +229,16 @@ static int free_generation(void *ptr, uint64_t generation) {
         vram_registry_free_finish(e, 2);
         return finish(&c, VRAM_ERR_DEVICE_FAILED);
     }
+    if (stream) {
+        int status = release_on(&c, b, e, address, bytes, wipe_first, *stream);
+        if (status != VRAM_SUCCESS) { /* still live: nothing was released */
+            vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
+            return finish(&c, status);
+        }
+        vram_registry_free_finish(e, 0);
+        c.bytes = bytes;
+        return finish(&c, VRAM_SUCCESS);
+    }
     if (wipe_first) {
         int status = wipe(b, c.device, address, bytes, &c.driver_error);
         if (status != VRAM_SUCCESS) { /* never free memory that still holds its bytes */
@@ -202,18 +257,25 @@ static int free_generation(void *ptr, uint64_t generation) {
     return finish(&c, VRAM_SUCCESS);
 }
 
-int vram_free(void *ptr) { return free_generation(ptr, 0); }
+int vram_free(void *ptr) { return free_generation(ptr, 0, NULL); }
 
 int vram_free_ex(void *ptr, uint64_t generation) {
     if (generation == 0) {
         call c = begin(VRAM_OP_FREE);
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
     }
-    return free_generation(ptr, generation);
+    return free_generation(ptr, generation, NULL);
 }
 
-/* Pin the live allocation holding a device range, or say why there is none. */
-static int pin_range(call *c, uintptr_t address, size_t bytes, vram_entry **e, int *device) {
+int vram_free_async(void *ptr, uint64_t generation, uintptr_t stream) {
+    if (generation == 0) {
+        call c = begin(VRAM_OP_FREE);
+        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
+    }
+    return free_generation(ptr, generation, &stream);
+}
+
+int vram_pin_range(vram_call *c, uintptr_t address, size_t bytes, vram_entry **e, int *device) {
     switch (vram_registry_pin(address, bytes, e, device)) {
     case VRAM_LOOKUP_LIVE:
         return VRAM_SUCCESS;
@@ -243,7 +305,7 @@ static int copy(vram_op op, uintptr_t device_address, void *host, size_t bytes) 
     if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
 
     vram_entry *e = NULL;
-    int status = pin_range(&c, device_address, bytes, &e, &c.device);
+    int status = vram_pin_range(&c, device_address, bytes, &e, &c.device);
     if (status != VRAM_SUCCESS) return finish(&c, status);
     const vram_backend *b;
     uintptr_t base;
@@ -314,15 +376,14 @@ static int copy_staged(call *c, const vram_backend *b, int dst_device, uintptr_t
     return status;
 }
 
-static int copy_path(const vram_backend *b, int src_device, int dst_device) {
+int vram_copy_path_of(const vram_backend *b, int src_device, int dst_device) {
     if (src_device == dst_device) return VRAM_PATH_DEVICE;
     return b->peer_capable(src_device, dst_device) ? VRAM_PATH_PEER : VRAM_PATH_STAGED;
 }
 
-/* Copy between two pinned ranges; the call is counted under the path taken, on the
- * destination's device. A sticky failure of a device or peer copy latches the destination's
- * device, whose context ran the copy. */
-static int copy_pinned(call *c, vram_entry *dst_entry, uintptr_t dst, vram_entry *src_entry,
+/* The call is counted under the path taken, on the destination's device. A sticky failure of
+ * a device or peer copy latches the destination's device, whose context ran the copy. */
+int vram_copy_between(vram_call *c, vram_entry *dst_entry, uintptr_t dst, vram_entry *src_entry,
                        uintptr_t src, size_t bytes) {
     const vram_backend *b;
     int dst_device, src_device;
@@ -335,7 +396,7 @@ static int copy_pinned(call *c, vram_entry *dst_entry, uintptr_t dst, vram_entry
     if (vram_runtime_device_failed(src_device) || vram_runtime_device_failed(dst_device))
         return VRAM_ERR_DEVICE_FAILED;
     int error;
-    switch (copy_path(b, src_device, dst_device)) {
+    switch (vram_copy_path_of(b, src_device, dst_device)) {
     case VRAM_PATH_DEVICE:
         c->op = VRAM_OP_MEMCPY_D2D;
         error = b->copy_d2d(dst_device, dst, src, bytes);
@@ -363,11 +424,11 @@ int vram_memcpy_d2d(void *dst, const void *src, size_t bytes) {
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP);
     if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
     vram_entry *src_entry = NULL, *dst_entry = NULL;
-    int status = pin_range(&c, s, bytes, &src_entry, &c.device);
+    int status = vram_pin_range(&c, s, bytes, &src_entry, &c.device);
     if (status != VRAM_SUCCESS) return finish(&c, status);
-    status = pin_range(&c, d, bytes, &dst_entry, &c.device);
+    status = vram_pin_range(&c, d, bytes, &dst_entry, &c.device);
     if (status == VRAM_SUCCESS) {
-        status = copy_pinned(&c, dst_entry, d, src_entry, s, bytes);
+        status = vram_copy_between(&c, dst_entry, d, src_entry, s, bytes);
         vram_registry_unpin(dst_entry);
     }
     vram_registry_unpin(src_entry);
@@ -388,7 +449,7 @@ int vram_copy_path_get(int src_device, int dst_device, int *path) {
                             0);
         return VRAM_ERR_INVALID_PARAMETERS;
     }
-    *path = copy_path(b, src_device, dst_device);
+    *path = vram_copy_path_of(b, src_device, dst_device);
     return VRAM_SUCCESS;
 }
 
@@ -399,7 +460,7 @@ static int allocate_on(int device, size_t bytes, uint32_t tag, bool wipe, uintpt
     a.device = device;
     void *p = NULL;
     vram_runtime_allocation_begin();
-    int status = allocate(&a, &p, bytes, tag, generation);
+    int status = allocate(&a, &p, bytes, tag, generation, NULL);
     vram_runtime_allocation_end();
     *driver_error = a.driver_error;
     finish(&a, status);
@@ -449,7 +510,7 @@ int vram_migrate(void *ptr, uint64_t generation, int device, void **new_ptr,
         vram_entry *dst_entry = NULL;
         call k = begin(VRAM_OP_MEMCPY_P2P);
         status = vram_registry_pin_allocation(dst, dst_generation, &dst_entry)
-                     ? copy_pinned(&k, dst_entry, dst, src_entry, src, bytes)
+                     ? vram_copy_between(&k, dst_entry, dst, src_entry, src, bytes)
                      : VRAM_ERR_UNKNOWN_POINTER; /* freed by someone else meanwhile */
         if (dst_entry) vram_registry_unpin(dst_entry);
         k.bytes = bytes;
@@ -458,9 +519,9 @@ int vram_migrate(void *ptr, uint64_t generation, int device, void **new_ptr,
     }
     vram_registry_unpin(src_entry);
     /* The source goes only once its bytes are safe; on any failure the copy goes instead. */
-    if (status == VRAM_SUCCESS) status = free_generation(ptr, generation);
+    if (status == VRAM_SUCCESS) status = free_generation(ptr, generation, NULL);
     if (status != VRAM_SUCCESS) {
-        if (dst) free_generation((void *)dst, dst_generation);
+        if (dst) free_generation((void *)dst, dst_generation, NULL);
         return finish(&c, status);
     }
     *new_ptr = (void *)dst;
