@@ -82,6 +82,7 @@ def _bench(args: argparse.Namespace) -> int:
         device.use_backend(args.backend)
     if args.staging_sweep:
         print(bench.staging_sweep())
+        print(bench.pageable_fixed_cost())
         return 0
     sizes = {} if not args.quick else {"copy_sizes": (4096, 1 << 20), "alloc_sizes": (4096,)}
     results = bench.run(budget_s=args.budget, **sizes)

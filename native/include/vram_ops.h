@@ -62,11 +62,11 @@ extern "C" {
  * VRAM_VERSION_NUMBER to detect a header/library mismatch.
  * ---------------------------------------------------------------------------------------- */
 #define VRAM_VERSION_MAJOR 0
-#define VRAM_VERSION_MINOR 2
+#define VRAM_VERSION_MINOR 3
 #define VRAM_VERSION_PATCH 0
 #define VRAM_VERSION_NUMBER \
     (VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH)
-#define VRAM_VERSION_STRING "0.2.0"
+#define VRAM_VERSION_STRING "0.3.0"
 
 VRAM_API unsigned vram_version_number(void);
 VRAM_API const char *vram_version_string(void);

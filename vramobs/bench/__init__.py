@@ -7,7 +7,7 @@ peers measured in the same run.
 """
 
 from .peers import Result, markdown, overhead, run, scrape_seconds
-from .targets import Target, measure_targets, staging_sweep, targets_markdown
+from .targets import Target, measure_targets, pageable_fixed_cost, staging_sweep, targets_markdown
 
 __all__ = [
     "Result",
@@ -15,6 +15,7 @@ __all__ = [
     "markdown",
     "measure_targets",
     "overhead",
+    "pageable_fixed_cost",
     "run",
     "scrape_seconds",
     "staging_sweep",

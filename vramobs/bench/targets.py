@@ -18,7 +18,7 @@ import numpy as np
 from .. import alloc, copy_path, device_count
 from .peers import GIB, KIB, MIB, _median, _Peers, _size
 
-__all__ = ["Target", "measure_targets", "targets_markdown"]
+__all__ = ["Target", "measure_targets", "pageable_fixed_cost", "targets_markdown"]
 
 PAGEABLE_SIZES = (64 * MIB, 256 * MIB, 1 * GIB)
 PINNED_SIZES = (16 * MIB, 256 * MIB)
@@ -201,6 +201,65 @@ def _pooled_pair(peers: _Peers, budget: float) -> Target:
                   f"{mine * 1e6:.2f} us", mine * 1e6, "<= 2.0 us", mine * 1e6 <= 2.0)
 
 
+def _stream_copies(cuda: _Cuda, budget: float) -> list[Target]:
+    """Copies on caller streams between vramobs pinned buffers and device memory, waited for,
+    against cudaMemcpyAsync + cudaStreamSynchronize on a stream of the same kind; and both
+    directions on two streams at once against one direction alone."""
+    from .. import pinned_empty
+
+    rt, check = cuda.rt, cuda._check
+    n = 256 * MIB
+    streams = [check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)) for _ in range(2)]
+    up, down = streams
+    dptr = cuda.malloc(n)
+    pptr, _ = cuda.pinned(n)
+    kinds = rt.cudaMemcpyKind
+    rows = []
+    try:
+        with alloc(n, tag="bench") as a, alloc(n, tag="bench") as b, \
+                pinned_empty(n) as src, pinned_empty(n) as dst:
+            def ref(dst_ptr: int, src_ptr: int, kind: object) -> Callable[[], None]:
+                def run() -> None:
+                    check(rt.cudaMemcpyAsync(dst_ptr, src_ptr, n, kind, up))
+                    check(rt.cudaStreamSynchronize(up))
+                return run
+
+            alone = 0.0
+            for direction, ours, theirs in (
+                ("h2d", lambda: a.copy_from_async(src, stream=up).wait(),
+                 ref(dptr, pptr, kinds.cudaMemcpyHostToDevice)),
+                ("d2h", lambda: a.copy_to_async(dst, stream=up).wait(),
+                 ref(pptr, dptr, kinds.cudaMemcpyDeviceToHost)),
+            ):
+                reference = _gbps(n, _median(theirs, budget))
+                mine = _gbps(n, _median(ours, budget))
+                alone = max(alone, mine)
+                ratio = mine / reference
+                rows.append(Target(
+                    f"{direction.upper()} on a caller stream, pinned 256 MiB",
+                    f"cudaMemcpyAsync + sync {reference:.1f} GB/s", f"{mine:.1f} GB/s", ratio,
+                    ">= 0.97 x cudaMemcpyAsync", ratio >= 0.97))
+
+            def both() -> None:
+                first = a.copy_from_async(src, stream=up)
+                second = b.copy_to_async(dst, stream=down)
+                first.wait()
+                second.wait()
+
+            together = _gbps(2 * n, _median(both, budget))
+            ratio = together / alone
+            rows.append(Target("H2D + D2H on two caller streams, pinned 256 MiB",
+                               f"faster direction alone {alone:.1f} GB/s",
+                               f"{together:.1f} GB/s together", ratio,
+                               ">= 1.4 x one direction", ratio >= 1.4))
+    finally:
+        cuda.free_pinned(pptr)
+        cuda.free(dptr)
+        for stream in streams:
+            check(rt.cudaStreamDestroy(stream))
+    return rows
+
+
 def _device_copies(cuda: _Cuda, rng: np.random.Generator, budget: float) -> list[Target]:
     n = 256 * MIB
     rows = []
@@ -243,6 +302,7 @@ def measure_targets(budget_s: float = 0.4) -> list[Target]:
     rows = _pageable(cuda, rng, budget_s)
     rows.append(_both_directions(rng, budget_s))
     rows += _pinned_buffers(cuda, budget_s)
+    rows += _stream_copies(cuda, budget_s)
     rows.append(_small_copy(cuda, rng, budget_s))
     rows.append(_pooled_pair(peers, budget_s))
     rows += _device_copies(cuda, rng, budget_s)
@@ -285,4 +345,31 @@ def staging_sweep(
     finally:
         configure_staging(threads=before.threads, chunk_bytes=before.chunk_bytes,
                           min_bytes=before.min_bytes, buffers=before.buffers)
+    return "\n".join(lines)
+
+
+def pageable_fixed_cost(
+    sizes: tuple[int, ...] = (8 * MIB, 16 * MIB, 32 * MIB, 64 * MIB, 128 * MIB, 256 * MIB),
+    budget_s: float = 0.3,
+) -> str:
+    """What a pageable copy costs whatever its size, and its bandwidth once running: the median
+    time of each size fitted by least squares as ``fixed + bytes / bandwidth``, per direction
+    (what keeps 64 MiB copies below the larger ones' bandwidth)."""
+    rng = np.random.default_rng()
+    host = rng.integers(0, 256, max(sizes), dtype=np.uint8)
+    back = np.empty_like(host)
+    lines = ["pageable copies: time = fixed + bytes / bandwidth, fitted over "
+             + ", ".join(_size(n) for n in sizes),
+             "| direction | fixed (ms) | bandwidth (GB/s) | worst fit error |", "|---|---|---|---|"]
+    with alloc(max(sizes), tag="bench") as buf:
+        for direction in ("h2d", "d2h"):
+            times = []
+            for n in sizes:
+                part, out = host[:n], back[:n]
+                fn = (lambda: buf.copy_from(part)) if direction == "h2d" else (lambda: buf.copy_to(out))
+                times.append(_median(fn, budget_s))
+            slope, fixed = np.polyfit(np.array(sizes, float), np.array(times), 1)
+            worst = max(abs(fixed + slope * n - t) / t for n, t in zip(sizes, times))
+            lines.append(f"| {direction.upper()} | {fixed * 1e3:.3f} | {1 / slope / 1e9:.1f} | "
+                         f"{worst * 100:.1f}% |")
     return "\n".join(lines)

@@ -30,12 +30,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 // ---------------------------------------------------------------------------------------------
 
 pub const VRAM_VERSION_MAJOR: c_uint = 0;
-pub const VRAM_VERSION_MINOR: c_uint = 2;
+pub const VRAM_VERSION_MINOR: c_uint = 3;
 pub const VRAM_VERSION_PATCH: c_uint = 0;
-/// `VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH`: 200 for 0.2.0.
+/// `VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH`: 300 for 0.3.0.
 pub const VRAM_VERSION_NUMBER: c_uint =
     VRAM_VERSION_MAJOR * 10000 + VRAM_VERSION_MINOR * 100 + VRAM_VERSION_PATCH;
-pub const VRAM_VERSION_STRING: &str = "0.2.0";
+pub const VRAM_VERSION_STRING: &str = "0.3.0";
 
 /// `vram_status` (VRAM_STATUS_MAP). 0-2 are the specification's.
 pub const VRAM_SUCCESS: c_int = 0;
@@ -68,7 +68,8 @@ pub const VRAM_REASON_INVALID_GENERATION: i32 = 11;
 pub const VRAM_REASON_INVALID_BACKEND: i32 = 12;
 pub const VRAM_REASON_OVERLAP: i32 = 13;
 pub const VRAM_REASON_INVALID_CONFIG: i32 = 14;
-pub const VRAM_REASON_COUNT_: i32 = 15;
+pub const VRAM_REASON_INVALID_STREAM: i32 = 15;
+pub const VRAM_REASON_COUNT_: i32 = 16;
 
 /// `vram_op` (VRAM_OP_MAP).
 pub const VRAM_OP_MALLOC: i32 = 0;

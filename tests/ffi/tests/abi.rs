@@ -55,14 +55,15 @@ const REASONS: [(i32, &str); 15] = [
     (VRAM_REASON_INVALID_BACKEND, "invalid_backend"),
     (VRAM_REASON_OVERLAP, "overlap"),
     (VRAM_REASON_INVALID_CONFIG, "invalid_config"),
+    (VRAM_REASON_INVALID_STREAM, "invalid_stream"),
 ];
 
 #[test]
 fn version_matches_the_header() {
-    assert_eq!(VRAM_VERSION_NUMBER, 200, "0.2.0 is 0 * 10000 + 2 * 100 + 0");
+    assert_eq!(VRAM_VERSION_NUMBER, 300, "0.3.0 is 0 * 10000 + 3 * 100 + 0");
     assert_eq!(unsafe { vram_version_number() }, VRAM_VERSION_NUMBER);
     assert_eq!(version_string(), VRAM_VERSION_STRING);
-    assert_eq!(version_string(), "0.2.0");
+    assert_eq!(version_string(), "0.3.0");
 }
 
 #[test]
@@ -90,7 +91,7 @@ fn reason_and_op_names_match_the_header() {
     for (code, label) in REASONS {
         assert_eq!(reason_name(code), label, "vram_reason_name({code})");
     }
-    for code in [VRAM_REASON_COUNT_, 16, -1, c_int::MAX, c_int::MIN] {
+    for code in [VRAM_REASON_COUNT_, 17, -1, c_int::MAX, c_int::MIN] {
         assert_eq!(reason_name(code), "unknown", "vram_reason_name({code})");
     }
     let ops = [
