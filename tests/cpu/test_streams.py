@@ -176,6 +176,7 @@ VP = ctypes.c_void_p
 
 def make_stream(device=0):
     """A stream of the device's primary context, as PyTorch would make one."""
+    vramobs.device_count()  # the driver initialised
     ctx, dev, s = VP(), ctypes.c_int(), VP()
     assert drv.cuDeviceGet(ctypes.byref(dev), device) == 0
     assert drv.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0
@@ -226,19 +227,29 @@ rnd = random.Random(SEED)
 data = randbytes(rnd, 1 * MiB + 3)
 s = make_stream()
 buf = vramobs.alloc(len(data))
-src = vramobs.pinned_empty(len(data)); src.view[:] = data
+lib = vramobs._native.lib()
+block = VP()
+check("host_alloc", lib.vram_host_alloc(ctypes.byref(block), len(data)), 0)
+ctypes.memmove(block.value, data, len(data))
 a0 = astats()
-done = buf.copy_from_async(src, stream=s)
-src.close()  # the pinned block: drained, its bytes copied before it is cleared
+handle = VP()
+check("enqueued", lib.vram_memcpy_h2d_async(buf.ptr, block, len(data), s, ctypes.byref(handle)), 0)
+# In Python the Completion keeps the host buffer exported; in C nothing stops this free:
+check("host_free", lib.vram_host_free(block), 0)  # drained: copied before it is cleared
 check("the copy was drained by the host free", astats().drained_total - a0.drained_total, 1)
 check("bytes arrived before the block was cleared", buf.to_bytes(), data)
+check("its completion answers at once", lib.vram_completion_release(handle), 0)
+src = vramobs.pinned_empty(len(data)); src.view[:] = data
+done = buf.copy_from_async(src, stream=s)
+raises("a pinned buffer a copy still reads cannot close", BufferError, src.close)
+done.wait(); src.close()
 out = vramobs.pinned_empty(len(data))
 pending = buf.copy_to_async(out, stream=s)
 buf.close()  # the device buffer: drained before it is freed
 check("drained by the device free", astats().drained_total - a0.drained_total, 2)
 check("read complete", bytes(out.view), data)
 check("nothing left queued", drv.fakecuda_queued(), 0)
-pending.wait(); done.wait()  # already complete: both answer at once
+pending.wait()  # already complete: answers at once
 check("no allocation left", live(), 0)
 out.close()
 finish()
