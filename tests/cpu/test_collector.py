@@ -334,7 +334,7 @@ def test_status_and_reason_label_sets_are_the_documented_ones(registry):
     doc_ops = set(re.findall(r"`(\w+)`", table["vramobs_operation_duration_seconds"][2].split("`op` in", 1)[1]))
     assert "success" in doc_statuses and "busy" in doc_statuses and len(doc_statuses) == 11
     assert "invalid_generation" in doc_reasons and "overlap" in doc_reasons
-    assert len(doc_reasons) == 13
+    assert len(doc_reasons) == 14
     assert doc_ops == set(OPS)
     snap = scrape(registry)
     op_status = {(dict(k[1])["op"], dict(k[1])["status"]) for k in snap if k[0] == "vramobs_operations_total"}
