@@ -39,7 +39,7 @@ const STATUSES: [(c_int, &str, &str); 11] = [
 ];
 
 /// VRAM_REASON_MAP of the header: (code, label).
-const REASONS: [(i32, &str); 15] = [
+const REASONS: [(i32, &str); 16] = [
     (VRAM_REASON_NONE, "none"),
     (VRAM_REASON_NULL_POINTER, "null_pointer"),
     (VRAM_REASON_ZERO_SIZE, "zero_size"),
