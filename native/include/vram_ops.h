@@ -262,7 +262,9 @@ VRAM_API int vram_copy_path_get(int src_device, int dst_device, int *path);
  * size, owner tag and wipe policy, receives its bytes, then the old one is freed. On success
  * *new_ptr and *new_generation (which may be NULL) name the new allocation. All or nothing:
  * on any failure the old allocation is live and unchanged and nothing new remains. Moving an
- * allocation to its own device succeeds and returns it unchanged. Counted as migrate. */
+ * allocation to its own device succeeds and returns it unchanged. An allocation freed by
+ * another call while it moves (a concurrent free or migration of it) -> 5 (freed_pointer),
+ * and the copy is freed. Counted as migrate. */
 VRAM_API int vram_migrate(void *ptr, uint64_t generation, int device, void **new_ptr,
                           uint64_t *new_generation);
 

@@ -197,8 +197,12 @@ static int release_on(call *c, const vram_backend *b, vram_entry *e, uintptr_t a
     return error ? driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER) : VRAM_SUCCESS;
 }
 
-static int free_generation(void *ptr, uint64_t generation, const uintptr_t *stream) {
+/* Free (ptr, generation); *released, when not NULL, says whether this call released it (an
+ * allocation freed by someone else meanwhile succeeds without). */
+static int free_generation(void *ptr, uint64_t generation, const uintptr_t *stream,
+                           bool *released) {
     call c = begin(VRAM_OP_FREE);
+    if (released) *released = false;
     if (!ptr) return finish(&c, VRAM_SUCCESS);
     vram_entry *e = NULL;
     vram_free_begin begun = vram_registry_free_begin((uintptr_t)ptr, generation, &e);
@@ -236,6 +240,7 @@ static int free_generation(void *ptr, uint64_t generation, const uintptr_t *stre
             return finish(&c, status);
         }
         vram_registry_free_finish(e, 0);
+        if (released) *released = true;
         c.bytes = bytes;
         return finish(&c, VRAM_SUCCESS);
     }
@@ -253,18 +258,19 @@ static int free_generation(void *ptr, uint64_t generation, const uintptr_t *stre
         return finish(&c, status);
     }
     vram_registry_free_finish(e, 0);
+    if (released) *released = true;
     c.bytes = bytes;
     return finish(&c, VRAM_SUCCESS);
 }
 
-int vram_free(void *ptr) { return free_generation(ptr, 0, NULL); }
+int vram_free(void *ptr) { return free_generation(ptr, 0, NULL, NULL); }
 
 int vram_free_ex(void *ptr, uint64_t generation) {
     if (generation == 0) {
         call c = begin(VRAM_OP_FREE);
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
     }
-    return free_generation(ptr, generation, NULL);
+    return free_generation(ptr, generation, NULL, NULL);
 }
 
 int vram_free_async(void *ptr, uint64_t generation, uintptr_t stream) {
@@ -272,7 +278,7 @@ int vram_free_async(void *ptr, uint64_t generation, uintptr_t stream) {
         call c = begin(VRAM_OP_FREE);
         return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_GENERATION);
     }
-    return free_generation(ptr, generation, &stream);
+    return free_generation(ptr, generation, &stream, NULL);
 }
 
 int vram_pin_range(vram_call *c, uintptr_t address, size_t bytes, vram_entry **e, int *device) {
@@ -518,10 +524,18 @@ int vram_migrate(void *ptr, uint64_t generation, int device, void **new_ptr,
         c.driver_error = k.driver_error;
     }
     vram_registry_unpin(src_entry);
-    /* The source goes only once its bytes are safe; on any failure the copy goes instead. */
-    if (status == VRAM_SUCCESS) status = free_generation(ptr, generation, NULL);
+    /* The source goes only once its bytes are safe; on any failure the copy goes instead. A
+     * source freed by someone else meanwhile (another migration of it) fails this one. */
+    if (status == VRAM_SUCCESS) {
+        bool released;
+        status = free_generation(ptr, generation, NULL, &released);
+        if (status == VRAM_SUCCESS && !released) {
+            c.reason = VRAM_REASON_FREED_POINTER;
+            status = VRAM_ERR_UNKNOWN_POINTER;
+        }
+    }
     if (status != VRAM_SUCCESS) {
-        if (dst) free_generation((void *)dst, dst_generation, NULL);
+        if (dst) free_generation((void *)dst, dst_generation, NULL, NULL);
         return finish(&c, status);
     }
     *new_ptr = (void *)dst;
