@@ -238,6 +238,27 @@ extern "C" {
     ) -> c_int;
 
     pub fn vram_now_ns() -> u64;
+
+    // Pinned host memory and copies on streams.
+    pub fn vram_host_alloc(ptr: *mut *mut c_void, bytes: usize) -> c_int;
+    pub fn vram_host_free(ptr: *mut c_void) -> c_int;
+    pub fn vram_memcpy_h2d_async(
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+        stream: usize,
+        completion: *mut *mut c_void,
+    ) -> c_int;
+    pub fn vram_memcpy_d2h_async(
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+        stream: usize,
+        completion: *mut *mut c_void,
+    ) -> c_int;
+    pub fn vram_completion_query(completion: *mut c_void, done: *mut c_int) -> c_int;
+    pub fn vram_completion_wait(completion: *mut c_void) -> c_int;
+    pub fn vram_completion_release(completion: *mut c_void) -> c_int;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -452,6 +452,62 @@ fn copies_hold_their_allocation_against_a_concurrent_free() {
     assert!(ok.load(Ordering::Relaxed) >= 8, "the readers stopped before the free");
 }
 
+/// Page-locked host memory from vram_host_alloc, freed on drop.
+struct Pinned(*mut c_void, usize);
+
+impl Pinned {
+    fn new(len: usize) -> Self {
+        let mut p = ptr::null_mut();
+        assert_status(unsafe { vram_host_alloc(&mut p, len) }, 0, "vram_host_alloc");
+        Pinned(p, len)
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: a live block of self.1 bytes, owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.0.cast::<u8>(), self.1) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        assert_status(unsafe { vram_host_free(self.0) }, 0, "vram_host_free");
+    }
+}
+
+#[test]
+fn async_copies_complete_and_a_free_waits_for_them() {
+    let _g = device_test!("async_copies_complete_and_a_free_waits_for_them");
+    let mut rng = XorShift64::from_time("async copies");
+    let len = (16 << 20) + 3;
+    let data = rng.bytes(len);
+    let mut src = Pinned::new(len);
+    src.bytes().copy_from_slice(&data);
+    let mut out = Pinned::new(len);
+    let buf = DeviceBuffer::new(len).expect("allocating the device buffer");
+    let mut up = ptr::null_mut();
+    // Stream 0: the legacy default stream of the device's context.
+    let status = unsafe { vram_memcpy_h2d_async(buf.ptr(), src.0, len, 0, &mut up) };
+    assert_status(status, 0, "vram_memcpy_h2d_async");
+    assert!(!up.is_null(), "no completion for a copy handed to a stream");
+    assert_status(unsafe { vram_completion_wait(up) }, 0, "the upload's completion");
+    let mut done: c_int = 0;
+    assert_status(unsafe { vram_completion_query(up, &mut done) }, 0, "query");
+    assert_eq!(done, 1, "a waited-for copy is complete");
+    assert_status(unsafe { vram_completion_release(up) }, 0, "release");
+    let mut down = ptr::null_mut();
+    let status = unsafe { vram_memcpy_d2h_async(out.0, buf.ptr(), len, 0, &mut down) };
+    assert_status(status, 0, "vram_memcpy_d2h_async");
+    // Freed before anyone waited: the free waits for the copy, which completes intact.
+    let (p, generation) = buf.into_raw();
+    assert_status(unsafe { vram_free_ex(p, generation) }, 0, "a free with a copy in flight");
+    assert_status(unsafe { vram_completion_release(down) }, 0, "the drained copy's completion");
+    assert_bytes_eq(out.bytes(), &data, "read back on a stream");
+    let mut never = ptr::null_mut();
+    let status = unsafe { vram_memcpy_h2d_async(p, src.0, len, 0, &mut never) };
+    assert_status(status, 5, "an async copy into a freed buffer");
+    assert!(never.is_null(), "a refused copy hands back no completion");
+    assert_status(unsafe { vram_completion_release(ptr::null_mut()) }, 0, "release(NULL)");
+}
+
 // ---------------------------------------------------------------------------------------------
 // vram_get_info
 // ---------------------------------------------------------------------------------------------
