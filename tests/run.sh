@@ -31,6 +31,8 @@ cargo=(cargo test --offline --manifest-path tests/ffi/Cargo.toml)
 VRAMOBS_BACKEND=host "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER=/nonexistent/libcuda.so.1 "${cargo[@]}"
 VRAMOBS_CUDA_DRIVER="$repo/build/fakecuda/libfakecuda.so" "${cargo[@]}"
+# Again with the fake's streams deferred: async work runs only when something waits for it.
+FAKECUDA_ASYNC=deferred VRAMOBS_CUDA_DRIVER="$repo/build/fakecuda/libfakecuda.so" "${cargo[@]}"
 
 # The C stress test (32 threads), the soak and the Rust tests under ASan+UBSan, then TSan; the
 # soak again as built; then each libFuzzer target for a minute against its shadow model.
@@ -38,6 +40,11 @@ PYTHON="$repo/.venv/bin/python" bash native/sanitize.sh
 # The soak as built: 16 threads, a million mixed operations on the host backend, nothing leaked.
 PYTHON="$repo/.venv/bin/python" bash native/soak.sh 16 1000000
 PYTHON="$repo/.venv/bin/python" bash native/fuzz/run.sh 60
+
+# The suites over the fake driver again with its streams deferred (staging, pinned copies,
+# copies between devices, streams): async work runs only when something waits for it.
+FAKECUDA_ASYNC=deferred .venv/bin/pytest -q tests/cpu/test_cuda_backend.py tests/cpu/test_staging.py \
+  tests/cpu/test_pinned.py tests/cpu/test_device_copies.py tests/cpu/test_fault_matrix_table.py
 
 # Last, so that its summary closes the run.
 .venv/bin/pytest

@@ -69,7 +69,9 @@ def fake_driver(tmp_path_factory):
 
 # Settings that would change what the child's libvram_ops or fake driver does.
 _SCRUBBED_PREFIXES = ("VRAMOBS_", "FAKECUDA_")
-_KEPT = ("VRAMOBS_LIBRARY",)  # an explicit choice of libvram_ops stays
+# An explicit choice of libvram_ops stays, and the fake's deferred streams (tests/run.sh runs
+# the fake-driver suites once more with FAKECUDA_ASYNC=deferred).
+_KEPT = ("VRAMOBS_LIBRARY", "FAKECUDA_ASYNC")
 
 PRELUDE = r'''
 import ctypes, json, os, random, sys, threading, traceback

@@ -17,14 +17,17 @@
  *     cuDeviceGetUuid_v2 cuDeviceGetPCIBusId cuDeviceTotalMem_v2 cuDeviceGetAttribute
  *     cuDeviceCanAccessPeer cuDevicePrimaryCtxRetain cuCtxGetCurrent cuCtxSetCurrent
  *     cuCtxPushCurrent_v2 cuCtxPopCurrent_v2 cuCtxSynchronize cuCtxEnablePeerAccess
- *     cuMemAlloc_v2 cuMemFree_v2 cuMemGetInfo_v2 cuMemHostAlloc cuMemFreeHost
- *     cuMemHostRegister_v2 cuMemHostUnregister cuMemcpyHtoD_v2 cuMemcpyDtoH_v2 cuMemcpyDtoD_v2
- *     cuMemcpyPeer cuMemcpyHtoDAsync_v2 cuMemcpyDtoHAsync_v2 cuMemcpyDtoDAsync_v2
- *     cuMemsetD8_v2 cuMemsetD8Async cuStreamCreate cuStreamDestroy_v2 cuStreamSynchronize
- *     cuStreamWaitEvent cuEventCreate cuEventRecord cuEventSynchronize cuEventQuery
- *     cuEventDestroy_v2 cuGetErrorName
+ *     cuMemAlloc_v2 cuMemFree_v2 cuMemGetInfo_v2 cuMemAllocAsync cuMemFreeAsync
+ *     cuMemHostAlloc cuMemFreeHost cuMemHostRegister_v2 cuMemHostUnregister cuMemcpyHtoD_v2
+ *     cuMemcpyDtoH_v2 cuMemcpyDtoD_v2 cuMemcpyPeer cuMemcpyHtoDAsync_v2 cuMemcpyDtoHAsync_v2
+ *     cuMemcpyDtoDAsync_v2 cuMemcpyPeerAsync cuMemsetD8_v2 cuMemsetD8Async cuStreamCreate
+ *     cuStreamDestroy_v2 cuStreamSynchronize cuStreamWaitEvent cuStreamGetCtx cuEventCreate
+ *     cuEventRecord cuEventSynchronize cuEventQuery cuEventElapsedTime cuEventDestroy_v2
+ *     cuGetErrorName
  * (every function of VRAM_CUDA_FUNCTIONS in native/src/cuda_driver.h, which the library
- * resolves at load and without which it refuses the driver).
+ * resolves at load and without which it refuses the driver). cuEventElapsedTime is the
+ * original ABI symbol (PFN_cuEventElapsedTime_v2000), which CUDA 13's cuda.h renames to
+ * cuEventElapsedTime_v2 (not exported here); cuStreamGetCtx is PFN_cuStreamGetCtx_v9020.
  *
  * What is emulated, and how faithfully:
  *   - Every function but cuDriverGetVersion and cuGetErrorName answers
@@ -45,21 +48,25 @@
  *   - Device memory is host memory from posix_memalign(512); the "device pointer" is that host
  *     address. Like the real driver, the memory, stream and event functions need a current
  *     context (else CUDA_ERROR_INVALID_CONTEXT): cuMemAlloc_v2, cuMemFree_v2, cuMemGetInfo_v2,
- *     every cuMemcpy* but cuMemcpyPeer, cuMemsetD8*, the cuMemHost* functions and
- *     cuMemFreeHost, cuStreamCreate, cuEventCreate, and any call given a default stream: so a
- *     backend that forgets to push one fails here too. (cuStreamSynchronize,
- *     cuStreamDestroy_v2, cuStreamWaitEvent, cuEventRecord, cuEventSynchronize, cuEventQuery
- *     and cuEventDestroy_v2 given explicit handles act on their handles' contexts, need none.) cuMemAlloc_v2 and cuMemGetInfo_v2 act on the
- *     device of the current context; copies and frees find the allocation by address, on any
- *     device (unified addressing).
+ *     cuMemAllocAsync, cuMemFreeAsync, every cuMemcpy* but cuMemcpyPeer and cuMemcpyPeerAsync,
+ *     cuMemsetD8*, the cuMemHost* functions and cuMemFreeHost, cuStreamCreate, cuEventCreate,
+ *     and any call given a default stream: so a backend that forgets to push one fails here
+ *     too. (cuStreamSynchronize, cuStreamDestroy_v2, cuStreamWaitEvent, cuStreamGetCtx,
+ *     cuEventRecord, cuEventSynchronize, cuEventQuery, cuEventElapsedTime, cuEventDestroy_v2
+ *     and cuMemcpyPeerAsync given explicit handles act on their handles' contexts, need
+ *     none.) cuMemAlloc_v2 and cuMemGetInfo_v2 act on the device of the current context,
+ *     cuMemAllocAsync on that of its stream's context; copies and frees find the allocation
+ *     by address, on any device (unified addressing).
  *   - Accounting, per device: each allocation counts its size rounded up to 512 bytes;
  *     free = total - sum(rounded sizes) - reserved, where "reserved" stands for what a real
  *     primary context and the driver take: 64 MiB, or total/16 when that is smaller (override
  *     with FAKECUDA_RESERVED_BYTES, clamped to total). cuMemGetInfo_v2 reports (free, total).
- *     cuMemAlloc_v2 answers CUDA_ERROR_OUT_OF_MEMORY (2) when the rounded size exceeds free
- *     (or host memory runs out), CUDA_ERROR_INVALID_VALUE for size 0 or a NULL dptr.
- *   - cuMemFree_v2 of anything but the exact start of a live allocation (0, unknown, interior,
- *     already freed) answers CUDA_ERROR_INVALID_VALUE and frees nothing.
+ *     cuMemAlloc_v2 and cuMemAllocAsync (the same allocator: no separate pool) answer
+ *     CUDA_ERROR_OUT_OF_MEMORY (2) when the rounded size exceeds free (or host memory runs
+ *     out), CUDA_ERROR_INVALID_VALUE for size 0 or a NULL dptr.
+ *   - cuMemFree_v2 and cuMemFreeAsync of anything but the exact start of a live allocation
+ *     (0, unknown, interior, already freed) answer CUDA_ERROR_INVALID_VALUE and free nothing.
+ *     Either frees an allocation made by either allocator, as the real driver does.
  *   - cuMemcpyHtoD_v2/DtoH_v2: the device range [p, p + n) must lie inside one live allocation
  *     (its requested size, not the rounded one), else CUDA_ERROR_INVALID_VALUE and no byte is
  *     copied; a NULL host pointer is CUDA_ERROR_INVALID_VALUE; n == 0 succeeds and copies
@@ -78,14 +85,58 @@
  *     current context is needed. Any other handle that is not a live stream or event (never
  *     made, already destroyed; a default stream given to cuStreamDestroy_v2) answers
  *     CUDA_ERROR_INVALID_HANDLE (400). cuEventRecord also answers it when the event belongs
- *     to another context than the stream, as the real driver does.
- *   - Async work is done when it is enqueued: cuMemcpy*Async_v2 and cuMemsetD8Async need a
- *     current context and a valid stream, then check and copy/set exactly as their
- *     synchronous twins, before returning. So cuStreamSynchronize, cuStreamWaitEvent,
- *     cuEventSynchronize and cuEventQuery only validate their handles and answer
- *     CUDA_SUCCESS (an event never recorded too, as the real driver answers for one);
- *     cuEventQuery never answers CUDA_ERROR_NOT_READY. A test cannot observe a race between
- *     a copy and a reuse of its host buffer here: that needs the GPU tests.
+ *     to another context than the stream, as the real driver does. cuStreamGetCtx gives the
+ *     stream's context (a default stream: the current one); a NULL pctx is
+ *     CUDA_ERROR_INVALID_VALUE.
+ *   - Work on streams - cuMemcpyHtoDAsync_v2, cuMemcpyDtoHAsync_v2, cuMemcpyDtoDAsync_v2,
+ *     cuMemcpyPeerAsync, cuMemsetD8Async, cuMemFreeAsync, cuEventRecord - is checked when it
+ *     is enqueued, as the real driver does: a current context (cuMemcpyPeerAsync: only with
+ *     a default stream), a live stream, then the checks of its synchronous twin (ranges
+ *     inside live allocations, ...); a refused call does and queues nothing. What happens
+ *     next depends on FAKECUDA_ASYNC:
+ *       immediate (the default): the work is done before the call returns (cuMemFreeAsync
+ *         frees at once). cuStreamSynchronize, cuStreamWaitEvent, cuEventSynchronize and
+ *         cuEventQuery only validate their handles (an event never recorded too, as the real
+ *         driver does); cuEventQuery never answers CUDA_ERROR_NOT_READY, and a test cannot
+ *         observe a race between a copy and a reuse of its host buffer.
+ *       deferred: the work is queued on its stream, and done in order only when something
+ *         forces it. NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD all name the legacy
+ *         stream of the current context (one per context, a stream like the others). What
+ *         forces work, on the thread that asks (never on a thread of its own):
+ *           cuStreamSynchronize(s): s's work (the legacy stream: every blocking stream's too);
+ *           cuEventSynchronize(e), cuStreamWaitEvent(s, e): the work of e's stream up to e's
+ *             latest record (a wait runs it at once: the simplest correct dependency);
+ *           cuCtxSynchronize: every stream of the current context;
+ *           cuMemcpyHtoD_v2, cuMemcpyDtoH_v2, cuMemcpyDtoD_v2, cuMemsetD8_v2 (ordered in the
+ *             legacy stream): the legacy stream and the blocking streams (made without
+ *             CU_STREAM_NON_BLOCKING) of the current context; cuMemcpyPeer: those of both
+ *             contexts. As on a GPU, a non-blocking stream is not waited for;
+ *           cuMemFree_v2, cuMemFreeHost, cuMemHostUnregister: all queued work (the real ones
+ *             synchronize; queued work never touches released memory);
+ *           cuStreamDestroy_v2(s): s's work, then s is destroyed;
+ *           fakecuda_run_all().
+ *         The legacy stream and the blocking streams of a context are ordered with each
+ *         other: their work runs in the order it was enqueued across them. cuEventQuery
+ *         answers CUDA_ERROR_NOT_READY while the event's latest record waits, and runs
+ *         nothing; CUDA_SUCCESS once it ran. Host memory the driver cannot DMA (pageable: not
+ *         inside one cuMemHostAlloc block or cuMemHostRegister_v2 range) is handled as the
+ *         real driver handles it: cuMemcpyHtoDAsync_v2 copies its source when called (the
+ *         buffer may be reused at once; the device gets the bytes in stream order),
+ *         cuMemcpyDtoHAsync_v2 runs its stream's earlier work, then copies, before it
+ *         returns. Page-locked host memory is read or written only when the copy runs.
+ *         cuMemFreeAsync releases the memory when it runs; until then the memory stays
+ *         accounted, and new work on it (async or synchronous) or freeing it again answers
+ *         CUDA_ERROR_INVALID_VALUE. A queued copy that finds its device memory released when
+ *         it runs (freed first in another stream's order: a race in the caller) fails as on
+ *         a GPU: CUDA_ERROR_ILLEGAL_ADDRESS (700), sticky, reported on stderr and returned by
+ *         the call that forced it.
+ *     Injected faults fire when the call is made (at enqueue), in both modes.
+ *   - Event timing: a record stamps the host's CLOCK_MONOTONIC when its stream's earlier work
+ *     is done: at cuEventRecord in immediate mode, when the record runs in deferred mode.
+ *     cuEventElapsedTime gives end - start in ms. A NULL pMilliseconds answers
+ *     CUDA_ERROR_INVALID_VALUE; an unknown or never recorded event, one made with
+ *     CU_EVENT_DISABLE_TIMING, or events of two contexts CUDA_ERROR_INVALID_HANDLE; a latest
+ *     record still waiting CUDA_ERROR_NOT_READY.
  *   - Page-locked host memory (all four need a current context): cuMemHostAlloc allocates
  *     with posix_memalign(4096) (flags PORTABLE, DEVICEMAP, WRITECOMBINED; anything else,
  *     size 0 or a NULL pp is CUDA_ERROR_INVALID_VALUE; it takes no device memory).
@@ -95,8 +146,8 @@
  *     answer CUDA_ERROR_INVALID_VALUE, a range overlapping a registered one or a
  *     cuMemHostAlloc block CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED (712).
  *     cuMemHostUnregister needs the exact start of a registered range, else
- *     CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED (713). Host memory is never touched otherwise:
- *     copies accept pageable and page-locked host memory alike.
+ *     CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED (713). Copies accept pageable and page-locked
+ *     host memory alike (deferred mode treats them differently, as above).
  *   - Peer access (FAKECUDA_PEER): cuDeviceCanAccessPeer answers 1 for every pair of
  *     distinct devices (0 with FAKECUDA_PEER=0) and 0 for a device and itself; a bad ordinal
  *     is CUDA_ERROR_INVALID_DEVICE. cuCtxEnablePeerAccess(peer, flags) enables access from
@@ -107,10 +158,10 @@
  *   - cuGetErrorName knows every CUresult of CUDA 13 by its real name; an unknown code answers
  *     CUDA_ERROR_INVALID_VALUE and sets *pStr to NULL, as the real driver does.
  *   - All state is shared by every thread and guarded by pthread locks; copies of different
- *     allocations run concurrently. Not emulated: kernels, real asynchrony (see above), stream
- *     priorities or capture, event timing, context destruction or primary context release,
- *     per-context sticky state (a sticky fault here poisons the whole fake driver, all
- *     devices).
+ *     allocations run concurrently (deferred work: one run at a time). Not emulated: kernels,
+ *     concurrency between streams (deferred work runs on the thread that forces it), stream
+ *     priorities or capture, context destruction or primary context release, per-context
+ *     sticky state (a sticky fault here poisons the whole fake driver, all devices).
  *
  * Environment, read once when the library is loaded:
  *   FAKECUDA_DEVICES=<n>         devices, 0..64 (default 1); 0 makes cuDeviceGetCount report 0
@@ -119,6 +170,7 @@
  *   FAKECUDA_DRIVER_VERSION=<n>  what cuDriverGetVersion reports (default 13000)
  *   FAKECUDA_INIT_ERROR=<code>   cuInit fails with this CUresult (number or name), every call
  *   FAKECUDA_PEER=<0|1>          whether distinct devices can access each other (default 1)
+ *   FAKECUDA_ASYNC=<mode>        immediate (default) or deferred: when work on streams is done
  *   FAKECUDA_FAIL=<function>:<error>:<nth>[:sticky][,...]
  *                                injections made at load, as fakecuda_inject(function, error,
  *                                nth, sticky) would; error is a number or a CUresult name,
@@ -135,20 +187,22 @@
  *       call) return error instead of doing its work; nth == 0 makes every later call fail
  *       until fakecuda_reset(). function is any exported driver function, or "*" for any of
  *       the functions that get, free or move memory, or push a context: cuMemAlloc,
- *       cuMemFree, cuMemGetInfo, cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD, cuMemcpyPeer,
- *       cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8, cuMemsetD8Async,
- *       cuMemHostAlloc, cuMemHostRegister, cuCtxPushCurrent (not the stream, event, peer,
- *       unregister/free-host or query functions).
- *       A failed call writes no outputs (error 0 makes the call "succeed" without doing its
- *       work: cuMemAlloc then returns pointer 0, cuMemHostAlloc, cuStreamCreate and
- *       cuEventCreate NULL). If sticky != 0 and error != 0, once this fault fires every later
- *       call of every driver function returns error, except cuGetErrorName, cuCtxGetCurrent,
- *       cuCtxSetCurrent, cuCtxPushCurrent_v2 and cuCtxPopCurrent_v2, which a real driver
- *       still answers after a sticky error such as CUDA_ERROR_ILLEGAL_ADDRESS (700). Up to 32 injections wait at once; when several fire on one call the earliest
- *       made decides the error, and all that fired are used up. An unknown function name or
- *       a negative nth is reported on stderr and ignored.
+ *       cuMemFree, cuMemGetInfo, cuMemAllocAsync, cuMemFreeAsync, cuMemcpyHtoD, cuMemcpyDtoH,
+ *       cuMemcpyDtoD, cuMemcpyPeer, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync,
+ *       cuMemcpyPeerAsync, cuMemsetD8, cuMemsetD8Async, cuMemHostAlloc, cuMemHostRegister,
+ *       cuCtxPushCurrent (not the stream, event, peer, unregister/free-host or query
+ *       functions). A failed call writes no outputs (error 0 makes the call "succeed" without
+ *       doing its work: cuMemAlloc and cuMemAllocAsync then return pointer 0,
+ *       cuMemHostAlloc, cuStreamCreate and cuEventCreate NULL). If sticky != 0 and error != 0,
+ *       once this fault fires every later call of every driver function returns error,
+ *       except cuGetErrorName, cuCtxGetCurrent, cuCtxSetCurrent, cuCtxPushCurrent_v2 and
+ *       cuCtxPopCurrent_v2, which a real driver still answers after a sticky error such as
+ *       CUDA_ERROR_ILLEGAL_ADDRESS (700). Up to 32 injections wait at once; when several
+ *       fire on one call the earliest made decides the error, and all that fired are used
+ *       up. An unknown function name or a negative nth is reported on stderr and ignored.
  *   void fakecuda_reset(void);
- *       Drop all injections and the sticky error. Allocations, contexts and call counts stay.
+ *       Drop all injections and the sticky error. Allocations, contexts, queued work and call
+ *       counts stay.
  *   long fakecuda_calls(const char *function);
  *       Calls of that driver function since load, failed and refused ones included ("*": all
  *       driver functions together; -1 for an unknown name). Counts are never reset: take
@@ -166,9 +220,16 @@
  *   int fakecuda_peer_enabled(int from, int to);
  *       1 once cuCtxEnablePeerAccess enabled access from device from to device to, else 0;
  *       -1 for an ordinal outside 0..FAKECUDA_DEVICES-1.
+ *   long fakecuda_queued(void);
+ *       Operations queued on streams and not yet run, all streams (deferred mode; always 0
+ *       in immediate mode): copies, memsets, frees and event records.
+ *   void fakecuda_run_all(void);
+ *       Run all queued work now (as a cuCtxSynchronize of every context would), even after a
+ *       sticky error.
  *
- * Memory, streams and events still live at exit stay reachable from this library's tables
- * (not a leak for LeakSanitizer or valgrind); the bookkeeping itself frees what it allocates.
+ * Memory, streams, events and queued work still live at exit stay reachable from this
+ * library's tables (not a leak for LeakSanitizer or valgrind); the bookkeeping itself frees
+ * what it allocates.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -178,8 +239,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cuda.h>
+#include <cudaTypedefs.h>
+
+/* cuda.h renames cuEventElapsedTime to cuEventElapsedTime_v2 (CUDA 12.8); this library exports
+ * the original symbol, which libvram_ops resolves as PFN_cuEventElapsedTime_v2000. */
+#undef cuEventElapsedTime
+CUresult CUDAAPI cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
+_Static_assert(__builtin_types_compatible_p(__typeof__(&cuEventElapsedTime),
+                                            PFN_cuEventElapsedTime_v2000),
+               "cuEventElapsedTime differs from PFN_cuEventElapsedTime_v2000");
+_Static_assert(sizeof(CUdeviceptr) == sizeof(uintptr_t),
+               "a device pointer is a host address here: 64-bit builds only");
 
 #define FAKE_API __attribute__((visibility("default")))
 
@@ -203,6 +276,8 @@ FAKE_API long fakecuda_live_host_allocations(void);
 FAKE_API unsigned long long fakecuda_live_host_bytes(void);
 FAKE_API long fakecuda_live_registrations(void);
 FAKE_API int fakecuda_peer_enabled(int from, int to);
+FAKE_API long fakecuda_queued(void);
+FAKE_API void fakecuda_run_all(void);
 
 /* ---------------------------------------------------------------------------------------
  * The driver functions: name, whether "*" injections hit them, whether a sticky error spares
@@ -251,7 +326,12 @@ FAKE_API int fakecuda_peer_enabled(int from, int to);
     X(FN_EVENT_RECORD, "cuEventRecord", 0, 0)              \
     X(FN_EVENT_SYNCHRONIZE, "cuEventSynchronize", 0, 0)    \
     X(FN_EVENT_QUERY, "cuEventQuery", 0, 0)                \
-    X(FN_EVENT_DESTROY, "cuEventDestroy_v2", 0, 0)
+    X(FN_EVENT_DESTROY, "cuEventDestroy_v2", 0, 0)       \
+    X(FN_EVENT_ELAPSED_TIME, "cuEventElapsedTime", 0, 0) \
+    X(FN_STREAM_GET_CTX, "cuStreamGetCtx", 0, 0)         \
+    X(FN_MEM_ALLOC_ASYNC, "cuMemAllocAsync", 1, 0)       \
+    X(FN_MEM_FREE_ASYNC, "cuMemFreeAsync", 1, 0)         \
+    X(FN_MEMCPY_PEER_ASYNC, "cuMemcpyPeerAsync", 1, 0)
 
 enum fake_fn {
 #define FAKE_FN_ENUM_(id, name, star, spared) id,
@@ -446,6 +526,7 @@ static size_t g_reserved;
 static int g_driver_version = FAKE_DEFAULT_DRIVER_VERSION;
 static int g_init_error; /* 0: cuInit succeeds */
 static int g_peer = 1;    /* every pair of distinct devices can access each other */
+static int g_deferred;    /* FAKECUDA_ASYNC=deferred: stream work waits until forced */
 static int g_initialized; /* atomic */
 
 /* ---------------------------------------------------------------------------------------
@@ -501,6 +582,14 @@ static int gate(enum fake_fn fn, CUresult *error) {
     }
     pthread_mutex_unlock(&g_fault_lock);
     return fail;
+}
+
+/* A fault found while queued work ran: every later call fails, as after a GPU fault. */
+static void set_sticky(CUresult error) {
+    pthread_mutex_lock(&g_fault_lock);
+    g_sticky_set = 1;
+    g_sticky_error = (int)error;
+    pthread_mutex_unlock(&g_fault_lock);
 }
 
 static void inject(int fn, int error, long nth, int sticky) {
@@ -577,6 +666,7 @@ typedef struct allocation {
     size_t bytes;   /* asked for */
     size_t rounded; /* accounted: bytes rounded up to FAKE_ALIGNMENT */
     int device;
+    int free_queued; /* a cuMemFreeAsync of it waits in a stream (deferred mode) */
 } allocation;
 
 static pthread_rwlock_t g_mem_lock = PTHREAD_RWLOCK_INITIALIZER;
@@ -608,9 +698,81 @@ static allocation *find_range(uintptr_t address, size_t bytes) {
     return a;
 }
 
+/* find_range, and on ctx's device when ctx is given; with at_call, not an allocation that a
+ * queued cuMemFreeAsync releases (work issued after that free may not use it). */
+static const allocation *usable_range(uintptr_t address, size_t bytes, CUcontext ctx,
+                                      int at_call) {
+    const allocation *a = find_range(address, bytes);
+    if (!a || (ctx && a->device != ctx->device) || (at_call && a->free_queued)) return NULL;
+    return a;
+}
+
 static size_t free_bytes(int device) {
     size_t taken = g_reserved + g_used[device];
     return taken >= g_total ? 0 : g_total - taken;
+}
+
+/* Allocate bytesize bytes of device: cuMemAlloc_v2 and cuMemAllocAsync. */
+static CUresult mem_reserve(int device, size_t bytesize, CUdeviceptr *dptr) {
+    if (bytesize > SIZE_MAX - (FAKE_ALIGNMENT - 1)) return CUDA_ERROR_OUT_OF_MEMORY;
+    size_t rounded = (bytesize + FAKE_ALIGNMENT - 1) & ~(FAKE_ALIGNMENT - 1);
+    CUresult r = CUDA_SUCCESS;
+    pthread_rwlock_wrlock(&g_mem_lock);
+    void *p = NULL;
+    if (rounded > free_bytes(device)) {
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    } else if (g_alloc_count == g_alloc_capacity) {
+        size_t capacity = g_alloc_capacity ? g_alloc_capacity * 2 : 64;
+        allocation *grown = realloc(g_allocs, capacity * sizeof *grown);
+        if (grown) {
+            g_allocs = grown;
+            g_alloc_capacity = capacity;
+        } else {
+            r = CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    if (r == CUDA_SUCCESS && posix_memalign(&p, FAKE_ALIGNMENT, bytesize) != 0)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    if (r == CUDA_SUCCESS) {
+        uintptr_t base = (uintptr_t)p;
+        size_t i = find_floor(base);
+        i = i == g_alloc_count ? 0 : i + 1; /* insert after the last base below */
+        memmove(&g_allocs[i + 1], &g_allocs[i], (g_alloc_count - i) * sizeof *g_allocs);
+        g_allocs[i] = (allocation){base, bytesize, rounded, device, 0};
+        g_alloc_count++;
+        g_used[device] += rounded;
+        g_live_bytes += bytesize;
+        *dptr = (CUdeviceptr)base;
+    }
+    pthread_rwlock_unlock(&g_mem_lock);
+    return r;
+}
+
+/* Free the allocation that starts at dptr: cuMemFree_v2, cuMemFreeAsync. */
+static CUresult mem_release(CUdeviceptr dptr) {
+    uintptr_t base = (uintptr_t)dptr;
+    if (base == 0 || (CUdeviceptr)base != dptr) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    void *p = NULL;
+    pthread_rwlock_wrlock(&g_mem_lock);
+    size_t i = find_floor(base);
+    if (i != g_alloc_count && g_allocs[i].base == base) {
+        allocation a = g_allocs[i];
+        memmove(&g_allocs[i], &g_allocs[i + 1], (g_alloc_count - i - 1) * sizeof *g_allocs);
+        g_alloc_count--;
+        g_used[a.device] -= a.rounded;
+        g_live_bytes -= a.bytes;
+        p = (void *)a.base;
+        r = CUDA_SUCCESS;
+    }
+    if (g_alloc_count == 0) { /* give the table back when nothing is live */
+        free(g_allocs);
+        g_allocs = NULL;
+        g_alloc_capacity = 0;
+    }
+    pthread_rwlock_unlock(&g_mem_lock);
+    free(p);
+    return r;
 }
 
 long fakecuda_live_allocations(void) {
@@ -628,22 +790,39 @@ unsigned long long fakecuda_live_bytes(void) {
 }
 
 /* ---------------------------------------------------------------------------------------
- * Streams and events: heap objects, valid while listed in their table.
+ * Streams and events: heap objects, valid while listed in their table. In deferred mode a
+ * stream holds the work queued on it; each context has a legacy stream, its default one.
  * ------------------------------------------------------------------------------------- */
+typedef struct op op;
+
 struct CUstream_st {
-    CUcontext ctx; /* current when it was created */
+    CUcontext ctx;   /* current when it was created */
+    unsigned flags;  /* CU_STREAM_NON_BLOCKING or 0 */
+    op *head, *tail; /* queued work, oldest first */
 };
 
 struct CUevent_st {
     CUcontext ctx;
+    unsigned flags;
+    unsigned long long recorded; /* records made; 0: never recorded */
+    unsigned long long done;     /* the latest record that ran: complete when == recorded */
+    unsigned long long time_ns;  /* CLOCK_MONOTONIC when record `done` ran */
+    struct CUstream_st *stream;  /* where the latest record waits, while it does */
+    unsigned long long seq;      /* and its number (op.seq) there */
+    long queued;                 /* records of it waiting in streams */
 };
+
+/* The legacy stream of each context (index: device), set up at load. */
+static struct CUstream_st g_legacy[FAKE_MAX_DEVICES];
 
 typedef struct handle_table {
     void **items;
     size_t count, capacity;
 } handle_table;
 
-static pthread_mutex_t g_handle_lock = PTHREAD_MUTEX_INITIALIZER; /* both tables */
+/* Guards both tables, the queues, the events' record state. Taken before g_mem_lock and
+ * g_host_lock, never while holding either. */
+static pthread_mutex_t g_handle_lock = PTHREAD_MUTEX_INITIALIZER;
 static handle_table g_streams, g_events;
 
 /* Index of item in the table, or t->count. Compares addresses only: never dereferences a
@@ -692,30 +871,34 @@ static int is_default_stream(CUstream s) {
     return s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD;
 }
 
+/* The stream named by handle h, into *out: a default stream names the current context's
+ * legacy stream. g_handle_lock held. */
+static CUresult find_stream(CUstream h, struct CUstream_st **out) {
+    if (is_default_stream(h)) {
+        CUcontext ctx = current_context();
+        if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+        *out = &g_legacy[ctx->device];
+        return CUDA_SUCCESS;
+    }
+    if (table_find(&g_streams, h) == g_streams.count) return CUDA_ERROR_INVALID_HANDLE;
+    *out = h;
+    return CUDA_SUCCESS;
+}
+
+/* The live event h, or NULL. g_handle_lock held. */
+static struct CUevent_st *find_event(CUevent h) {
+    return table_find(&g_events, h) != g_events.count ? h : NULL;
+}
+
 /* Whether work may be enqueued on s; *owner (if asked) gets its context: the current one for
  * a default stream. */
 static CUresult check_stream(CUstream s, CUcontext *owner) {
-    if (is_default_stream(s)) {
-        CUcontext ctx = current_context();
-        if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
-        if (owner) *owner = ctx;
-        return CUDA_SUCCESS;
-    }
-    CUresult r = CUDA_ERROR_INVALID_HANDLE;
+    struct CUstream_st *st;
     pthread_mutex_lock(&g_handle_lock);
-    if (table_find(&g_streams, s) != g_streams.count) {
-        if (owner) *owner = s->ctx;
-        r = CUDA_SUCCESS;
-    }
+    CUresult r = find_stream(s, &st);
+    if (r == CUDA_SUCCESS && owner) *owner = st->ctx;
     pthread_mutex_unlock(&g_handle_lock);
     return r;
-}
-
-static int is_live_event(CUevent e) {
-    pthread_mutex_lock(&g_handle_lock);
-    int live = table_find(&g_events, e) != g_events.count;
-    pthread_mutex_unlock(&g_handle_lock);
-    return live;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -818,6 +1001,301 @@ int fakecuda_peer_enabled(int from, int to) {
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Work on streams: an op is one copy, memset, free or event record. Immediate mode does it
+ * when it is issued; deferred mode queues it on its stream until something forces it. The
+ * queues and the events' record state are guarded by g_handle_lock.
+ * ------------------------------------------------------------------------------------- */
+typedef enum op_kind { OP_HTOD, OP_DTOH, OP_DTOD, OP_MEMSET, OP_FREE, OP_RECORD } op_kind;
+
+static const char *const g_op_names[] = {"cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync",
+                                         "cuMemcpyDtoDAsync/cuMemcpyPeerAsync",
+                                         "cuMemsetD8Async", "cuMemFreeAsync", "cuEventRecord"};
+
+struct op {
+    op *next;
+    unsigned long long seq;     /* enqueue order, across all streams (from 1) */
+    op_kind kind;
+    uintptr_t dst, src;         /* device or host addresses, as kind says; OP_FREE: dst */
+    size_t bytes;
+    CUcontext dst_ctx, src_ctx; /* a peer copy: the devices its ranges must lie on */
+    unsigned char value;        /* OP_MEMSET */
+    void *snapshot;             /* owned copy of a pageable HtoD source; src points here */
+    struct CUevent_st *event;   /* OP_RECORD; NULL once the event is destroyed */
+    unsigned long long record;  /* which record of the event */
+};
+
+static unsigned long long g_seq; /* ops queued so far */
+static long g_queued;            /* ops waiting */
+
+static unsigned long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+/* Whether [p, p + n) lies in one cuMemHostAlloc block or cuMemHostRegister_v2 range: host
+ * memory the device reads or writes itself, after the call that named it returned. */
+static int host_pinned(uintptr_t p, size_t n) {
+    int pinned = 0;
+    pthread_mutex_lock(&g_host_lock);
+    for (size_t i = 0; i < g_host_count && !pinned; i++) {
+        const host_range *h = &g_host[i];
+        pinned = p >= h->base && p - h->base <= h->bytes && n <= h->bytes - (p - h->base);
+    }
+    pthread_mutex_unlock(&g_host_lock);
+    return pinned;
+}
+
+/* Whether a copy's or memset's memory is usable: host pointers set, device ranges inside
+ * live allocations (see usable_range). g_mem_lock held. */
+static int op_memory_ok(const op *o, int at_call) {
+    switch (o->kind) {
+    case OP_HTOD: return o->src && usable_range(o->dst, o->bytes, NULL, at_call);
+    case OP_DTOH: return o->dst && usable_range(o->src, o->bytes, NULL, at_call);
+    case OP_DTOD:
+        return usable_range(o->dst, o->bytes, o->dst_ctx, at_call) &&
+               usable_range(o->src, o->bytes, o->src_ctx, at_call);
+    case OP_MEMSET: return usable_range(o->dst, o->bytes, NULL, at_call) != NULL;
+    default: return 1;
+    }
+}
+
+/* Check a copy or memset as its call does, moving nothing. */
+static CUresult op_check(const op *o) {
+    if (o->bytes == 0) return CUDA_SUCCESS;
+    pthread_rwlock_rdlock(&g_mem_lock);
+    int ok = op_memory_ok(o, 1);
+    pthread_rwlock_unlock(&g_mem_lock);
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Do a copy, memset or free: check its memory, then move the bytes while no free can run
+ * (memmove: overlapping device ranges are fine). at_call: in the call that issued it. */
+static CUresult op_do(const op *o, int at_call) {
+    if (o->kind == OP_FREE) return mem_release((CUdeviceptr)o->dst);
+    if (o->bytes == 0) return CUDA_SUCCESS;
+    pthread_rwlock_rdlock(&g_mem_lock);
+    int ok = op_memory_ok(o, at_call);
+    if (ok && o->kind == OP_MEMSET)
+        memset((void *)o->dst, o->value, o->bytes);
+    else if (ok)
+        memmove((void *)o->dst, (const void *)o->src, o->bytes);
+    pthread_rwlock_unlock(&g_mem_lock);
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Deferred cuMemFreeAsync: mark the allocation that starts at dptr as released by a queued
+ * free, so that no later work may use it or free it again. */
+static CUresult mark_free(CUdeviceptr dptr) {
+    uintptr_t base = (uintptr_t)dptr;
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    pthread_rwlock_wrlock(&g_mem_lock);
+    size_t i = find_floor(base);
+    if (base != 0 && i != g_alloc_count && g_allocs[i].base == base &&
+        !g_allocs[i].free_queued) {
+        g_allocs[i].free_queued = 1;
+        r = CUDA_SUCCESS;
+    }
+    pthread_rwlock_unlock(&g_mem_lock);
+    return r;
+}
+
+static int is_legacy(const struct CUstream_st *s) { return s == &g_legacy[s->ctx->device]; }
+
+/* The number of s's newest op, for "all of s's work": the legacy stream's work includes
+ * every blocking stream's, queued later or not. */
+static unsigned long long last_seq(const struct CUstream_st *s) {
+    if (is_legacy(s)) return ULLONG_MAX;
+    return s->tail ? s->tail->seq : 0;
+}
+
+/* Every stream that can hold work: the legacy ones, then the live ones. */
+static size_t stream_count(void) { return (size_t)g_devices + g_streams.count; }
+
+static struct CUstream_st *stream_at(size_t i) {
+    return i < (size_t)g_devices ? &g_legacy[i] : g_streams.items[i - (size_t)g_devices];
+}
+
+static void push(struct CUstream_st *s, op *o) {
+    o->seq = ++g_seq;
+    o->next = NULL;
+    if (s->tail)
+        s->tail->next = o;
+    else
+        s->head = o;
+    s->tail = o;
+    g_queued++;
+}
+
+/* An event record ran: it completes the event if it is the event's latest record. */
+static void record_ran(const op *o) {
+    struct CUevent_st *e = o->event;
+    if (!e) return; /* destroyed meanwhile */
+    e->queued--;
+    if (o->record == e->recorded) {
+        e->done = o->record;
+        e->time_ns = now_ns();
+        e->stream = NULL;
+    }
+}
+
+/* Run and free the oldest op of s. A copy that finds its device memory released when it runs
+ * (freed first in another stream's order) fails as on a GPU: an illegal address, sticky. */
+static CUresult run_head(struct CUstream_st *s) {
+    op *o = s->head;
+    s->head = o->next;
+    if (!s->head) s->tail = NULL;
+    g_queued--;
+    CUresult r = CUDA_SUCCESS;
+    if (o->kind == OP_RECORD) {
+        record_ran(o);
+    } else if (op_do(o, 0) != CUDA_SUCCESS) {
+        r = CUDA_ERROR_ILLEGAL_ADDRESS;
+        fprintf(stderr,
+                "fakecuda: a queued %s (dst 0x%llx, src 0x%llx, %zu bytes) found device memory "
+                "released before it ran: CUDA_ERROR_ILLEGAL_ADDRESS, sticky\n",
+                g_op_names[o->kind], (unsigned long long)o->dst, (unsigned long long)o->src,
+                o->bytes);
+        set_sticky(r);
+    }
+    free(o->snapshot);
+    free(o);
+    return r;
+}
+
+/* Which queued work a run does: the ops numbered up to upto of stream `only`, or else of the
+ * streams of ctx (NULL: of every context), with blocking_only only of the legacy stream and
+ * the streams made without CU_STREAM_NON_BLOCKING. */
+typedef struct scope {
+    const struct CUstream_st *only;
+    CUcontext ctx;
+    int blocking_only;
+    unsigned long long upto;
+} scope;
+
+static int in_scope(const struct CUstream_st *s, const scope *sc) {
+    if (sc->only) return s == sc->only;
+    return (!sc->ctx || s->ctx == sc->ctx) &&
+           (!sc->blocking_only || !(s->flags & CU_STREAM_NON_BLOCKING));
+}
+
+/* Run the scope's work in the order it was enqueued, across streams too; return the first
+ * error. */
+static CUresult run_scope(const scope *sc) {
+    CUresult first = CUDA_SUCCESS;
+    while (g_queued > 0) {
+        struct CUstream_st *next = NULL;
+        for (size_t i = 0; i < stream_count(); i++) {
+            struct CUstream_st *s = stream_at(i);
+            if (s->head && s->head->seq <= sc->upto && in_scope(s, sc) &&
+                (!next || s->head->seq < next->head->seq))
+                next = s;
+        }
+        if (!next) break;
+        CUresult r = run_head(next);
+        if (first == CUDA_SUCCESS) first = r;
+    }
+    return first;
+}
+
+/* Run s's work numbered up to upto. The legacy stream and the blocking streams of a context
+ * are ordered with each other: for one of them, run theirs too. */
+static CUresult run_stream(const struct CUstream_st *s, unsigned long long upto) {
+    scope sc = {.upto = upto};
+    if (s->flags & CU_STREAM_NON_BLOCKING) {
+        sc.only = s;
+    } else {
+        sc.ctx = s->ctx;
+        sc.blocking_only = 1;
+    }
+    return run_scope(&sc);
+}
+
+/* Deferred mode: run what a synchronous call of ctx is ordered after, its legacy stream and
+ * blocking streams. */
+static CUresult run_legacy(CUcontext ctx) {
+    if (!g_deferred) return CUDA_SUCCESS;
+    pthread_mutex_lock(&g_handle_lock);
+    CUresult r = run_stream(&g_legacy[ctx->device], ULLONG_MAX);
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
+}
+
+/* Deferred mode: hold the queues and run all their work before memory is released, so that
+ * no queued work touches it; release_end() lets go. */
+static CUresult release_begin(void) {
+    if (!g_deferred) return CUDA_SUCCESS;
+    pthread_mutex_lock(&g_handle_lock);
+    scope all = {.upto = ULLONG_MAX};
+    return run_scope(&all);
+}
+
+static void release_end(void) {
+    if (g_deferred) pthread_mutex_unlock(&g_handle_lock);
+}
+
+/* Queue a checked copy or memset on s - but host memory the device cannot reach is handled
+ * as the real driver handles it: a pageable HtoD source is copied now, a pageable DtoH copy
+ * waits for the stream's work and is done now. */
+static CUresult queue_op(struct CUstream_st *s, const op *proto) {
+    if (proto->kind == OP_DTOH && !host_pinned(proto->dst, proto->bytes)) {
+        CUresult r = run_stream(s, g_seq);
+        return r != CUDA_SUCCESS ? r : op_do(proto, 1);
+    }
+    op *o = malloc(sizeof *o);
+    if (!o) return CUDA_ERROR_OUT_OF_MEMORY;
+    *o = *proto;
+    if (o->kind == OP_HTOD && !host_pinned(o->src, o->bytes)) {
+        o->snapshot = malloc(o->bytes);
+        if (!o->snapshot) {
+            free(o);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        memcpy(o->snapshot, (const void *)o->src, o->bytes);
+        o->src = (uintptr_t)o->snapshot;
+    }
+    push(s, o);
+    return CUDA_SUCCESS;
+}
+
+/* Issue a copy or memset on stream h: checked, then done now (immediate mode) or queued. */
+static CUresult submit(CUstream h, const op *o) {
+    if (!g_deferred) {
+        CUresult r = check_stream(h, NULL);
+        return r != CUDA_SUCCESS ? r : op_do(o, 1);
+    }
+    struct CUstream_st *s = NULL;
+    pthread_mutex_lock(&g_handle_lock);
+    CUresult r = find_stream(h, &s);
+    if (r == CUDA_SUCCESS) r = op_check(o);
+    if (r == CUDA_SUCCESS && o->bytes > 0) r = queue_op(s, o);
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
+}
+
+/* A destroyed event's records still queued complete nothing. */
+static void forget_event(const struct CUevent_st *e) {
+    if (e->queued == 0) return;
+    for (size_t i = 0; i < stream_count(); i++)
+        for (op *o = stream_at(i)->head; o; o = o->next)
+            if (o->event == e) o->event = NULL;
+}
+
+long fakecuda_queued(void) {
+    pthread_mutex_lock(&g_handle_lock);
+    long n = g_queued;
+    pthread_mutex_unlock(&g_handle_lock);
+    return n;
+}
+
+void fakecuda_run_all(void) {
+    pthread_mutex_lock(&g_handle_lock);
+    scope all = {.upto = ULLONG_MAX};
+    run_scope(&all); /* a failure is sticky and reported on stderr */
+    pthread_mutex_unlock(&g_handle_lock);
+}
+
+/* ---------------------------------------------------------------------------------------
  * Load-time configuration.
  * ------------------------------------------------------------------------------------- */
 static void load_injections(const char *spec) {
@@ -901,7 +1379,18 @@ __attribute__((constructor)) static void fakecuda_load(void) {
         else
             fprintf(stderr, "fakecuda: FAKECUDA_PEER='%s' is not 0 or 1; using %d\n", v, g_peer);
     }
-    for (int i = 0; i < FAKE_MAX_DEVICES; i++) g_contexts[i].device = i;
+    if ((v = getenv("FAKECUDA_ASYNC")) && *v) {
+        if (strcmp(v, "deferred") == 0)
+            g_deferred = 1;
+        else if (strcmp(v, "immediate") != 0)
+            fprintf(stderr,
+                    "fakecuda: FAKECUDA_ASYNC='%s' is not immediate or deferred; using immediate\n",
+                    v);
+    }
+    for (int i = 0; i < FAKE_MAX_DEVICES; i++) {
+        g_contexts[i].device = i;
+        g_legacy[i].ctx = &g_contexts[i];
+    }
     if ((v = getenv("FAKECUDA_FAIL")) && *v) load_injections(v);
 }
 
@@ -914,12 +1403,12 @@ __attribute__((constructor)) static void fakecuda_load(void) {
         if (gate((fn), &gate_error_)) return gate_error_; \
     } while (0)
 
-/* GATE for a function that creates something: an injected "success" hands out NULL. */
+/* GATE for a function that creates something: an injected "success" hands out 0 / NULL. */
 #define GATE_CREATE(fn, out)                                          \
     do {                                                              \
         CUresult gate_error_;                                         \
         if (gate((fn), &gate_error_)) {                               \
-            if (gate_error_ == CUDA_SUCCESS && (out)) *(out) = NULL; \
+            if (gate_error_ == CUDA_SUCCESS && (out)) *(out) = 0;    \
             return gate_error_;                                       \
         }                                                             \
     } while (0)
@@ -1066,136 +1555,61 @@ CUresult CUDAAPI cuCtxPopCurrent_v2(CUcontext *pctx) {
 }
 
 CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
-    CUresult gate_error;
-    if (gate(FN_MEM_ALLOC, &gate_error)) {
-        if (gate_error == CUDA_SUCCESS && dptr) *dptr = 0; /* "success" without memory */
-        return gate_error;
-    }
+    GATE_CREATE(FN_MEM_ALLOC, dptr);
     NEED_INIT();
     CUcontext ctx = current_context();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
     if (!dptr || bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
-    if (bytesize > SIZE_MAX - (FAKE_ALIGNMENT - 1)) return CUDA_ERROR_OUT_OF_MEMORY;
-    size_t rounded = (bytesize + FAKE_ALIGNMENT - 1) & ~(FAKE_ALIGNMENT - 1);
-    int device = ctx->device;
-    CUresult r = CUDA_SUCCESS;
-    pthread_rwlock_wrlock(&g_mem_lock);
-    void *p = NULL;
-    if (rounded > free_bytes(device)) {
-        r = CUDA_ERROR_OUT_OF_MEMORY;
-    } else if (g_alloc_count == g_alloc_capacity) {
-        size_t capacity = g_alloc_capacity ? g_alloc_capacity * 2 : 64;
-        allocation *grown = realloc(g_allocs, capacity * sizeof *grown);
-        if (grown) {
-            g_allocs = grown;
-            g_alloc_capacity = capacity;
-        } else {
-            r = CUDA_ERROR_OUT_OF_MEMORY;
-        }
-    }
-    if (r == CUDA_SUCCESS && posix_memalign(&p, FAKE_ALIGNMENT, bytesize) != 0)
-        r = CUDA_ERROR_OUT_OF_MEMORY;
-    if (r == CUDA_SUCCESS) {
-        uintptr_t base = (uintptr_t)p;
-        size_t i = find_floor(base);
-        i = i == g_alloc_count ? 0 : i + 1; /* insert after the last base below */
-        memmove(&g_allocs[i + 1], &g_allocs[i], (g_alloc_count - i) * sizeof *g_allocs);
-        g_allocs[i] = (allocation){base, bytesize, rounded, device};
-        g_alloc_count++;
-        g_used[device] += rounded;
-        g_live_bytes += bytesize;
-        *dptr = (CUdeviceptr)base;
-    }
-    pthread_rwlock_unlock(&g_mem_lock);
-    return r;
+    return mem_reserve(ctx->device, bytesize, dptr);
 }
 
 CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
     GATE(FN_MEM_FREE);
     NEED_INIT();
     if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
-    uintptr_t base = (uintptr_t)dptr;
-    if (base == 0 || (CUdeviceptr)base != dptr) return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = CUDA_ERROR_INVALID_VALUE;
-    void *p = NULL;
-    pthread_rwlock_wrlock(&g_mem_lock);
-    size_t i = find_floor(base);
-    if (i != g_alloc_count && g_allocs[i].base == base) {
-        allocation a = g_allocs[i];
-        memmove(&g_allocs[i], &g_allocs[i + 1], (g_alloc_count - i - 1) * sizeof *g_allocs);
-        g_alloc_count--;
-        g_used[a.device] -= a.rounded;
-        g_live_bytes -= a.bytes;
-        p = (void *)a.base;
-        r = CUDA_SUCCESS;
-    }
-    if (g_alloc_count == 0) { /* give the table back when nothing is live */
-        free(g_allocs);
-        g_allocs = NULL;
-        g_alloc_capacity = 0;
-    }
-    pthread_rwlock_unlock(&g_mem_lock);
-    free(p);
+    CUresult r = release_begin();
+    if (r == CUDA_SUCCESS) r = mem_release(dptr);
+    release_end();
     return r;
 }
 
-/* Both copies: check the device range, then memcpy while no free can run. */
-static CUresult copy(uintptr_t device, void *host, size_t bytes, int to_device) {
+/* A synchronous copy or memset of the current context: after the work it is ordered with,
+ * done now. */
+static CUresult sync_op(const op *o) {
     NEED_INIT();
-    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
-    if (bytes == 0) return CUDA_SUCCESS;
-    if (!host || device == 0) return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = CUDA_ERROR_INVALID_VALUE;
-    pthread_rwlock_rdlock(&g_mem_lock);
-    if (find_range(device, bytes)) {
-        if (to_device)
-            memcpy((void *)device, host, bytes);
-        else
-            memcpy(host, (const void *)device, bytes);
-        r = CUDA_SUCCESS;
-    }
-    pthread_rwlock_unlock(&g_mem_lock);
-    return r;
+    CUcontext ctx = current_context();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    CUresult r = run_legacy(ctx);
+    return r != CUDA_SUCCESS ? r : op_do(o, 1);
 }
 
 CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
     GATE(FN_MEMCPY_HTOD);
-    if ((CUdeviceptr)(uintptr_t)dstDevice != dstDevice) return CUDA_ERROR_INVALID_VALUE;
-    return copy((uintptr_t)dstDevice, (void *)(uintptr_t)srcHost, ByteCount, 1);
+    return sync_op(&(op){.kind = OP_HTOD, .dst = (uintptr_t)dstDevice,
+                         .src = (uintptr_t)srcHost, .bytes = ByteCount});
 }
 
 CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
     GATE(FN_MEMCPY_DTOH);
-    if ((CUdeviceptr)(uintptr_t)srcDevice != srcDevice) return CUDA_ERROR_INVALID_VALUE;
-    return copy((uintptr_t)srcDevice, dstHost, ByteCount, 0);
-}
-
-/* Both memsets, after their context (and stream) checks. */
-static CUresult set_range(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
-    if (N == 0) return CUDA_SUCCESS;
-    if ((CUdeviceptr)(uintptr_t)dstDevice != dstDevice || dstDevice == 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = CUDA_ERROR_INVALID_VALUE;
-    pthread_rwlock_rdlock(&g_mem_lock);
-    if (find_range((uintptr_t)dstDevice, N)) {
-        memset((void *)(uintptr_t)dstDevice, uc, N);
-        r = CUDA_SUCCESS;
-    }
-    pthread_rwlock_unlock(&g_mem_lock);
-    return r;
+    return sync_op(&(op){.kind = OP_DTOH, .dst = (uintptr_t)dstHost,
+                         .src = (uintptr_t)srcDevice, .bytes = ByteCount});
 }
 
 CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
     GATE(FN_MEMSET_D8);
-    NEED_INIT();
-    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
-    return set_range(dstDevice, uc, N);
+    return sync_op(&(op){.kind = OP_MEMSET, .dst = (uintptr_t)dstDevice, .value = uc, .bytes = N});
 }
 
 CUresult CUDAAPI cuCtxSynchronize(void) {
     GATE(FN_CTX_SYNCHRONIZE);
     NEED_INIT();
-    return current_context() ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; /* all work is done */
+    CUcontext ctx = current_context();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&g_handle_lock);
+    scope every_stream = {.ctx = ctx, .upto = ULLONG_MAX};
+    CUresult r = run_scope(&every_stream);
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
 }
 
 CUresult CUDAAPI cuMemGetInfo_v2(size_t *free_mem, size_t *total_mem) {
@@ -1291,14 +1705,18 @@ CUresult CUDAAPI cuMemFreeHost(void *p) {
     NEED_INIT();
     if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
     if (!p) return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = CUDA_ERROR_INVALID_VALUE;
-    pthread_mutex_lock(&g_host_lock);
-    size_t i = host_find((uintptr_t)p);
-    if (i != g_host_count && g_host[i].allocated) {
-        host_remove(i);
-        r = CUDA_SUCCESS;
+    CUresult r = release_begin();
+    if (r == CUDA_SUCCESS) {
+        r = CUDA_ERROR_INVALID_VALUE;
+        pthread_mutex_lock(&g_host_lock);
+        size_t i = host_find((uintptr_t)p);
+        if (i != g_host_count && g_host[i].allocated) {
+            host_remove(i);
+            r = CUDA_SUCCESS;
+        }
+        pthread_mutex_unlock(&g_host_lock);
     }
-    pthread_mutex_unlock(&g_host_lock);
+    release_end();
     if (r == CUDA_SUCCESS) free(p);
     return r;
 }
@@ -1327,46 +1745,29 @@ CUresult CUDAAPI cuMemHostUnregister(void *p) {
     NEED_INIT();
     if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
     if (!p) return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
-    pthread_mutex_lock(&g_host_lock);
-    size_t i = host_find((uintptr_t)p);
-    if (i != g_host_count && !g_host[i].allocated) {
-        host_remove(i);
-        r = CUDA_SUCCESS;
+    CUresult r = release_begin();
+    if (r == CUDA_SUCCESS) {
+        r = CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+        pthread_mutex_lock(&g_host_lock);
+        size_t i = host_find((uintptr_t)p);
+        if (i != g_host_count && !g_host[i].allocated) {
+            host_remove(i);
+            r = CUDA_SUCCESS;
+        }
+        pthread_mutex_unlock(&g_host_lock);
     }
-    pthread_mutex_unlock(&g_host_lock);
+    release_end();
     return r;
 }
 
 /* ---------------------------------------------------------------------------------------
- * Device-to-device and peer copies, async copies (done at enqueue), async memset.
+ * Device-to-device and peer copies; work on streams: async copies and memset, stream-ordered
+ * allocation.
  * ------------------------------------------------------------------------------------- */
-/* Both ranges inside live allocations (of the devices of dst_ctx / src_ctx when given),
- * then memmove while no free can run. */
-static CUresult copy_dtod(CUdeviceptr dst, CUcontext dst_ctx, CUdeviceptr src,
-                          CUcontext src_ctx, size_t bytes) {
-    if (bytes == 0) return CUDA_SUCCESS;
-    if ((CUdeviceptr)(uintptr_t)dst != dst || (CUdeviceptr)(uintptr_t)src != src || dst == 0 ||
-        src == 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = CUDA_ERROR_INVALID_VALUE;
-    pthread_rwlock_rdlock(&g_mem_lock);
-    const allocation *d = find_range((uintptr_t)dst, bytes);
-    const allocation *s = find_range((uintptr_t)src, bytes);
-    if (d && s && (!dst_ctx || d->device == dst_ctx->device) &&
-        (!src_ctx || s->device == src_ctx->device)) {
-        memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, bytes);
-        r = CUDA_SUCCESS;
-    }
-    pthread_rwlock_unlock(&g_mem_lock);
-    return r;
-}
-
 CUresult CUDAAPI cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
     GATE(FN_MEMCPY_DTOD);
-    NEED_INIT();
-    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
-    return copy_dtod(dstDevice, NULL, srcDevice, NULL, ByteCount);
+    return sync_op(&(op){.kind = OP_DTOD, .dst = (uintptr_t)dstDevice,
+                         .src = (uintptr_t)srcDevice, .bytes = ByteCount});
 }
 
 CUresult CUDAAPI cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice,
@@ -1375,52 +1776,99 @@ CUresult CUDAAPI cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdev
     NEED_INIT();
     if (!is_fake_context(dstContext) || !is_fake_context(srcContext))
         return CUDA_ERROR_INVALID_CONTEXT;
-    return copy_dtod(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+    CUresult r = run_legacy(dstContext);
+    if (r == CUDA_SUCCESS) r = run_legacy(srcContext);
+    if (r != CUDA_SUCCESS) return r;
+    return op_do(&(op){.kind = OP_DTOD, .dst = (uintptr_t)dstDevice, .src = (uintptr_t)srcDevice,
+                       .bytes = ByteCount, .dst_ctx = dstContext, .src_ctx = srcContext},
+                 1);
 }
 
-/* The checks every async call makes before its work: a current context and a usable stream. */
-static CUresult enqueue(CUstream hStream) {
+/* An async copy or memset: a current context, then its stream and memory checked. */
+static CUresult async_op(CUstream hStream, const op *o) {
     NEED_INIT();
     if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
-    return check_stream(hStream, NULL);
+    return submit(hStream, o);
 }
 
 CUresult CUDAAPI cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost,
                                       size_t ByteCount, CUstream hStream) {
     GATE(FN_MEMCPY_HTOD_ASYNC);
-    CUresult r = enqueue(hStream);
-    if (r != CUDA_SUCCESS) return r;
-    if ((CUdeviceptr)(uintptr_t)dstDevice != dstDevice) return CUDA_ERROR_INVALID_VALUE;
-    return copy((uintptr_t)dstDevice, (void *)(uintptr_t)srcHost, ByteCount, 1);
+    return async_op(hStream, &(op){.kind = OP_HTOD, .dst = (uintptr_t)dstDevice,
+                                   .src = (uintptr_t)srcHost, .bytes = ByteCount});
 }
 
 CUresult CUDAAPI cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount,
                                       CUstream hStream) {
     GATE(FN_MEMCPY_DTOH_ASYNC);
-    CUresult r = enqueue(hStream);
-    if (r != CUDA_SUCCESS) return r;
-    if ((CUdeviceptr)(uintptr_t)srcDevice != srcDevice) return CUDA_ERROR_INVALID_VALUE;
-    return copy((uintptr_t)srcDevice, dstHost, ByteCount, 0);
+    return async_op(hStream, &(op){.kind = OP_DTOH, .dst = (uintptr_t)dstHost,
+                                   .src = (uintptr_t)srcDevice, .bytes = ByteCount});
 }
 
 CUresult CUDAAPI cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice,
                                       size_t ByteCount, CUstream hStream) {
     GATE(FN_MEMCPY_DTOD_ASYNC);
-    CUresult r = enqueue(hStream);
-    if (r != CUDA_SUCCESS) return r;
-    return copy_dtod(dstDevice, NULL, srcDevice, NULL, ByteCount);
+    return async_op(hStream, &(op){.kind = OP_DTOD, .dst = (uintptr_t)dstDevice,
+                                   .src = (uintptr_t)srcDevice, .bytes = ByteCount});
+}
+
+CUresult CUDAAPI cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext,
+                                   CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount,
+                                   CUstream hStream) {
+    GATE(FN_MEMCPY_PEER_ASYNC);
+    NEED_INIT();
+    if (!is_fake_context(dstContext) || !is_fake_context(srcContext))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return submit(hStream, &(op){.kind = OP_DTOD, .dst = (uintptr_t)dstDevice,
+                                 .src = (uintptr_t)srcDevice, .bytes = ByteCount,
+                                 .dst_ctx = dstContext, .src_ctx = srcContext});
 }
 
 CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dstDevice, unsigned char uc, size_t N,
                                  CUstream hStream) {
     GATE(FN_MEMSET_D8_ASYNC);
-    CUresult r = enqueue(hStream);
+    return async_op(hStream,
+                    &(op){.kind = OP_MEMSET, .dst = (uintptr_t)dstDevice, .value = uc, .bytes = N});
+}
+
+CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+    GATE_CREATE(FN_MEM_ALLOC_ASYNC, dptr);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    CUcontext owner = NULL;
+    CUresult r = check_stream(hStream, &owner);
     if (r != CUDA_SUCCESS) return r;
-    return set_range(dstDevice, uc, N);
+    if (!dptr || bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
+    return mem_reserve(owner->device, bytesize, dptr); /* usable by the stream's work at once */
+}
+
+CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
+    GATE(FN_MEM_FREE_ASYNC);
+    NEED_INIT();
+    if (!current_context()) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!g_deferred) {
+        CUresult r = check_stream(hStream, NULL);
+        return r != CUDA_SUCCESS ? r : mem_release(dptr);
+    }
+    struct CUstream_st *s = NULL;
+    op *o = NULL;
+    pthread_mutex_lock(&g_handle_lock);
+    CUresult r = find_stream(hStream, &s);
+    if (r == CUDA_SUCCESS && !(o = calloc(1, sizeof *o))) r = CUDA_ERROR_OUT_OF_MEMORY;
+    if (r == CUDA_SUCCESS) r = mark_free(dptr);
+    if (r == CUDA_SUCCESS) {
+        o->kind = OP_FREE;
+        o->dst = (uintptr_t)dptr;
+        push(s, o);
+        o = NULL;
+    }
+    pthread_mutex_unlock(&g_handle_lock);
+    free(o);
+    return r;
 }
 
 /* ---------------------------------------------------------------------------------------
- * Streams and events. All work is done when it is enqueued, so waiting never blocks.
+ * Streams and events. Waiting runs the queued work it waits for (deferred mode).
  * ------------------------------------------------------------------------------------- */
 CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
     GATE_CREATE(FN_STREAM_CREATE, phStream);
@@ -1429,9 +1877,10 @@ CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
     if (!phStream || (Flags & ~(unsigned)CU_STREAM_NON_BLOCKING) != 0)
         return CUDA_ERROR_INVALID_VALUE;
-    struct CUstream_st *s = malloc(sizeof *s);
+    struct CUstream_st *s = calloc(1, sizeof *s);
     if (!s) return CUDA_ERROR_OUT_OF_MEMORY;
     s->ctx = ctx;
+    s->flags = Flags;
     pthread_mutex_lock(&g_handle_lock);
     int added = table_add(&g_streams, s);
     pthread_mutex_unlock(&g_handle_lock);
@@ -1443,30 +1892,55 @@ CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
     return CUDA_SUCCESS;
 }
 
+/* Runs the stream's queued work first (destroyed even if that work failed). */
 CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     GATE(FN_STREAM_DESTROY);
     NEED_INIT();
+    CUresult r = CUDA_ERROR_INVALID_HANDLE;
     pthread_mutex_lock(&g_handle_lock);
-    int removed = table_remove(&g_streams, hStream); /* never holds a default stream */
+    /* never a default stream: the table holds none */
+    struct CUstream_st *s = table_find(&g_streams, hStream) != g_streams.count ? hStream : NULL;
+    if (s) {
+        r = run_stream(s, last_seq(s));
+        table_remove(&g_streams, s);
+    }
     pthread_mutex_unlock(&g_handle_lock);
-    if (!removed) return CUDA_ERROR_INVALID_HANDLE;
-    free(hStream);
-    return CUDA_SUCCESS;
+    free(s);
+    return r;
 }
 
 CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) {
     GATE(FN_STREAM_SYNCHRONIZE);
     NEED_INIT();
-    return check_stream(hStream, NULL);
+    struct CUstream_st *s;
+    pthread_mutex_lock(&g_handle_lock);
+    CUresult r = find_stream(hStream, &s);
+    if (r == CUDA_SUCCESS) r = run_stream(s, last_seq(s));
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
 }
 
+CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext *pctx) {
+    GATE(FN_STREAM_GET_CTX);
+    NEED_INIT();
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    return check_stream(hStream, pctx);
+}
+
+/* A wait makes the event's stream run up to its record at once: the simplest correct
+ * dependency (the waiting stream's later work then finds it done). */
 CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
     GATE(FN_STREAM_WAIT_EVENT);
     NEED_INIT();
     if ((Flags & ~(unsigned)CU_EVENT_WAIT_EXTERNAL) != 0) return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = check_stream(hStream, NULL);
-    if (r != CUDA_SUCCESS) return r;
-    return is_live_event(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    struct CUstream_st *s;
+    pthread_mutex_lock(&g_handle_lock);
+    CUresult r = find_stream(hStream, &s);
+    struct CUevent_st *e = r == CUDA_SUCCESS ? find_event(hEvent) : NULL;
+    if (r == CUDA_SUCCESS && !e) r = CUDA_ERROR_INVALID_HANDLE;
+    if (e && e->done != e->recorded) r = run_stream(e->stream, e->seq);
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
 }
 
 CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags) {
@@ -1478,9 +1952,10 @@ CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags) {
     if (!phEvent || (Flags & ~known) != 0 ||
         ((Flags & CU_EVENT_INTERPROCESS) && !(Flags & CU_EVENT_DISABLE_TIMING)))
         return CUDA_ERROR_INVALID_VALUE;
-    struct CUevent_st *e = malloc(sizeof *e);
+    struct CUevent_st *e = calloc(1, sizeof *e);
     if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
     e->ctx = ctx;
+    e->flags = Flags;
     pthread_mutex_lock(&g_handle_lock);
     int added = table_add(&g_events, e);
     pthread_mutex_unlock(&g_handle_lock);
@@ -1495,13 +1970,30 @@ CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags) {
 CUresult CUDAAPI cuEventRecord(CUevent hEvent, CUstream hStream) {
     GATE(FN_EVENT_RECORD);
     NEED_INIT();
-    CUcontext stream_ctx = NULL;
-    CUresult r = check_stream(hStream, &stream_ctx);
-    if (r != CUDA_SUCCESS) return r;
-    r = CUDA_ERROR_INVALID_HANDLE; /* unknown event, or one of another context */
+    struct CUstream_st *s;
+    op *o = NULL;
     pthread_mutex_lock(&g_handle_lock);
-    if (table_find(&g_events, hEvent) != g_events.count && hEvent->ctx == stream_ctx)
-        r = CUDA_SUCCESS;
+    CUresult r = find_stream(hStream, &s);
+    struct CUevent_st *e = r == CUDA_SUCCESS ? find_event(hEvent) : NULL;
+    if (r == CUDA_SUCCESS && (!e || e->ctx != s->ctx))
+        r = CUDA_ERROR_INVALID_HANDLE; /* unknown event, or one of another context */
+    if (r == CUDA_SUCCESS && g_deferred && !(o = calloc(1, sizeof *o)))
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    if (r == CUDA_SUCCESS) {
+        e->recorded++;
+        if (o) { /* completes when the stream's work up to here has run */
+            o->kind = OP_RECORD;
+            o->event = e;
+            o->record = e->recorded;
+            push(s, o);
+            e->stream = s;
+            e->seq = o->seq;
+            e->queued++;
+        } else { /* immediate mode: the stream's work is done */
+            e->done = e->recorded;
+            e->time_ns = now_ns();
+        }
+    }
     pthread_mutex_unlock(&g_handle_lock);
     return r;
 }
@@ -1509,22 +2001,56 @@ CUresult CUDAAPI cuEventRecord(CUevent hEvent, CUstream hStream) {
 CUresult CUDAAPI cuEventSynchronize(CUevent hEvent) {
     GATE(FN_EVENT_SYNCHRONIZE);
     NEED_INIT();
-    return is_live_event(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    pthread_mutex_lock(&g_handle_lock);
+    struct CUevent_st *e = find_event(hEvent);
+    CUresult r = e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (e && e->done != e->recorded) r = run_stream(e->stream, e->seq);
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
 }
 
+/* Never runs work: a test sees CUDA_ERROR_NOT_READY until something forces the record. */
 CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
     GATE(FN_EVENT_QUERY);
     NEED_INIT();
-    return is_live_event(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    pthread_mutex_lock(&g_handle_lock);
+    struct CUevent_st *e = find_event(hEvent);
+    CUresult r = !e ? CUDA_ERROR_INVALID_HANDLE
+                    : e->done != e->recorded ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
 }
 
+CUresult CUDAAPI cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd) {
+    GATE(FN_EVENT_ELAPSED_TIME);
+    NEED_INIT();
+    if (!pMilliseconds) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_handle_lock);
+    const struct CUevent_st *a = find_event(hStart), *b = find_event(hEnd);
+    CUresult r = CUDA_SUCCESS;
+    if (!a || !b || !a->recorded || !b->recorded || (a->flags & CU_EVENT_DISABLE_TIMING) ||
+        (b->flags & CU_EVENT_DISABLE_TIMING) || a->ctx != b->ctx)
+        r = CUDA_ERROR_INVALID_HANDLE;
+    else if (a->done != a->recorded || b->done != b->recorded)
+        r = CUDA_ERROR_NOT_READY;
+    else
+        *pMilliseconds = (float)(((double)b->time_ns - (double)a->time_ns) / 1e6);
+    pthread_mutex_unlock(&g_handle_lock);
+    return r;
+}
+
+/* A record still queued then completes nothing (the real driver lets it finish unseen). */
 CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
     GATE(FN_EVENT_DESTROY);
     NEED_INIT();
     pthread_mutex_lock(&g_handle_lock);
-    int removed = table_remove(&g_events, hEvent);
+    struct CUevent_st *e = find_event(hEvent);
+    if (e) {
+        forget_event(e);
+        table_remove(&g_events, e);
+    }
     pthread_mutex_unlock(&g_handle_lock);
-    if (!removed) return CUDA_ERROR_INVALID_HANDLE;
-    free(hEvent);
+    if (!e) return CUDA_ERROR_INVALID_HANDLE;
+    free(e);
     return CUDA_SUCCESS;
 }
