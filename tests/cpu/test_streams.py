@@ -330,3 +330,67 @@ check("no cuMemFreeAsync for cuMemAlloc memory", calls("cuMemFreeAsync") - f0, 1
 check("nothing left either", live(), 0)
 finish()
 ''', FAKECUDA_ASYNC="deferred")
+
+
+def test_threads_copy_on_streams_while_others_free(child):
+    """Threads hand copies to their streams and, at random, wait for them, poll them, or free
+    the buffer or the pinned memory first; every byte checked, nothing pending or live after."""
+    child(STREAMS + r'''
+lib = vramobs._native.lib()
+errors_seen = []
+
+
+def worker(index):
+    rnd = random.Random(SEED + index)
+    s = make_stream()
+    try:
+        for _ in range(60):
+            n = rnd.randrange(1, 300_000)
+            data = randbytes(rnd, n)
+            buf = vramobs.alloc(n + 64)
+            block = VP()
+            assert lib.vram_host_alloc(ctypes.byref(block), n) == 0
+            ctypes.memmove(block.value, data, n)
+            up, down = VP(), VP()
+            assert lib.vram_memcpy_h2d_async(buf.ptr + 64, block, n, s, ctypes.byref(up)) == 0
+            out = VP()
+            assert lib.vram_host_alloc(ctypes.byref(out), n) == 0
+            assert lib.vram_memcpy_d2h_async(out, buf.ptr + 64, n, s, ctypes.byref(down)) == 0
+            choice = rnd.randrange(4)
+            if choice == 0:
+                assert lib.vram_completion_wait(down) == 0
+            elif choice == 1:
+                flag = ctypes.c_int()
+                while lib.vram_completion_query(down, ctypes.byref(flag)) == 0 and not flag.value:
+                    drv.cuStreamSynchronize(VP(s))
+            elif choice == 2:
+                buf.close()  # drains both copies
+            got = ctypes.string_at(out.value, n) if choice != 3 else None
+            if choice == 3:
+                assert lib.vram_host_free(out) == 0  # drains the read into it first
+            assert lib.vram_completion_release(up) == 0
+            assert lib.vram_completion_release(down) == 0
+            if got is not None and got != data:
+                errors_seen.append(f"thread {index}: bytes differ after choice {choice}")
+            assert lib.vram_host_free(block) == 0
+            if choice != 3:
+                assert lib.vram_host_free(out) == 0
+            buf.close()
+    except Exception as exc:
+        errors_seen.append(f"thread {index}: {exc!r}\n{traceback.format_exc()}")
+
+
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+check("threads", errors_seen, [])
+a = astats()
+check("nothing pending", a.pending, 0)
+check("every enqueued copy completed", a.completed_total, a.enqueued_total)
+check("drains happened", a.drained_total > 0, True)
+check("no device memory left", live(), 0)
+check("no pinned block in use", vramobs.host_stats().live_count, 0)
+finish()
+''', timeout=180, FAKECUDA_ASYNC="deferred")
