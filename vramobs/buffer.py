@@ -13,12 +13,14 @@ import atexit
 import contextlib
 import ctypes
 import functools
+import sys
 import threading
 import warnings
 from typing import Any, Optional
 
 from . import _hostbuf, _native, leaks, retry, streams, tags, tracing
 from .device import _on_device, current_device
+from .device import _thread as _device_thread  # current_device()'s per-thread mirror
 from .errors import (
     DeviceFailedError,
     InvalidArgumentError,
@@ -55,6 +57,57 @@ def wipe_on_free() -> bool:
 # Buffers alive at exit (model weights) go with the process: no warning, no free.
 _exiting = False
 _closing = threading.Lock()
+_lock_closing, _unlock_closing = _closing.acquire, _closing.release  # cheaper than ``with``
+
+# The hot pair, vram_malloc_ex and vram_free_ex, as ctypes functions without argtypes, bound
+# on first use: ctypes converts each argument of a function with argtypes through a Python
+# call, which costs more than the C call itself. Every argument passed to them must be a
+# ctypes object of its C type (or a byref of one), except the tag: an int below 64, which a
+# C int carries.
+_hot: Optional[tuple[Any, Any]] = None
+_U64_LIMIT = 1 << 64
+
+
+def _bind_hot() -> tuple[Any, Any]:
+    global _hot
+    lib = _native.lib()
+    _hot = (lib._FuncPtr(("vram_malloc_ex", lib)), lib._FuncPtr(("vram_free_ex", lib)))
+    return _hot
+
+
+# Argument sets for the hot pair: (pointer, generation, byref of each, size). A call pops one
+# and puts it back when done (list.pop and append are atomic), so no other call, on another
+# thread or re-entering this one (a signal handler, a finalizer), can write into it.
+_ArgSet = tuple[ctypes.c_void_p, ctypes.c_uint64, Any, Any, ctypes.c_size_t]
+_spare: list[_ArgSet] = []
+
+
+def _new_args() -> _ArgSet:
+    ptr, generation = ctypes.c_void_p(), ctypes.c_uint64()
+    return ptr, generation, ctypes.byref(ptr), ctypes.byref(generation), ctypes.c_size_t()
+
+
+def _take_args() -> _ArgSet:
+    try:
+        return _spare.pop()
+    except IndexError:
+        return _new_args()
+
+
+def _free(address: int, generation: int, nbytes: int, device: int) -> int:
+    """vram_free_ex(address, generation), traced when spans are on; returns the status."""
+    free_ex = (_hot or _bind_hot())[1]
+    args = _take_args()
+    ptr, gen = args[0], args[1]
+    ptr.value = address
+    gen.value = generation
+    if tracing.active():
+        status = tracing.traced("free", functools.partial(free_ex, ptr, gen), nbytes=nbytes,
+                                device=device)
+    else:
+        status = free_ex(ptr, gen)
+    _spare.append(args)
+    return status
 
 
 def _at_exit() -> None:
@@ -98,26 +151,19 @@ class DeviceBuffer:
         return self
 
     def __del__(self) -> None:
-        if getattr(self, "_open", False) and not _exiting:
-            self._open = False
-            self._free()
-            site = leaks.collected(self._generation, self._device, self._nbytes)
-            warnings.warn(
-                f"DeviceBuffer of {self._nbytes} bytes on device {self._device} was "
-                f"garbage-collected without close(); allocated at {site}",
-                ResourceWarning,
-                stacklevel=2,
-            )
-
-    def _free(self) -> int:
-        free_ex = _native.lib().vram_free_ex
-        if not tracing.active():
-            return free_ex(self._address, self._generation)
-        return tracing.traced(
-            "free",
-            lambda: free_ex(self._address, self._generation),
-            nbytes=self._nbytes,
-            device=self._device,
+        try:
+            if not self._open or _exiting:
+                return
+        except AttributeError:  # interrupted while being made: it owns nothing yet
+            return
+        self._open = False
+        _free(self._address, self._generation, self._nbytes, self._device)
+        site = leaks.collected(self._generation, self._device, self._nbytes)
+        warnings.warn(
+            f"DeviceBuffer of {self._nbytes} bytes on device {self._device} was "
+            f"garbage-collected without close(); allocated at {site}",
+            ResourceWarning,
+            stacklevel=2,
         )
 
     # -- identity ----------------------------------------------------------------------------
@@ -163,17 +209,23 @@ class DeviceBuffer:
         """Free the device memory. Idempotent. If the driver fails to free it, raises and the
         buffer stays open (close again to retry); if its device failed, the memory is lost
         with the device: the buffer closes and DeviceFailedError is raised."""
-        with _closing:  # one closer frees; the others find it closed
-            if not self._open:
-                return
+        _lock_closing()  # one closer frees; the others find it closed
+        try:
+            was_open = self._open
             self._open = False
-        status = self._free()
-        if status == 0 or status == DeviceFailedError.code:
+        finally:
+            _unlock_closing()
+        if not was_open:
+            return
+        status = _free(self._address, self._generation, self._nbytes, self._device)
+        if status == 0:
+            _forget_site(self._generation, None)
+            return
+        if status == DeviceFailedError.code:
             leaks.forget(self._generation)
         else:
             self._open = True  # still allocated: closing again retries
-        if status:
-            check(status, f"freeing {self._nbytes} bytes")
+        check(status, f"freeing {self._nbytes} bytes")
 
     def close_async(self, stream: Any) -> None:
         """Free the device memory in ``stream``'s order: the buffer closes at once and its
@@ -381,6 +433,10 @@ def copy_path(src_device: int, dst_device: int) -> str:
 
 
 _THIS_DEVICE = contextlib.nullcontext()  # no device switch: cheaper than _on_device(None)
+_new_object = object.__new__
+_getframe = sys._getframe
+_sites = leaks._sites  # generation -> where it was made (leaks.py)
+_forget_site = _sites.pop
 
 
 def alloc(
@@ -401,38 +457,59 @@ def alloc(
         if not isinstance(nbytes, int) or isinstance(nbytes, bool):
             raise InvalidArgumentError(f"nbytes must be an int, got {nbytes!r}")
         nbytes = int(nbytes)
-    if not 0 <= nbytes < 1 << 64:
+    if not 0 <= nbytes < _U64_LIMIT:
         raise InvalidArgumentError(f"nbytes must be in [1, 2**64), got {nbytes}")
     tag_id = 0 if tag is None else tags.tag_id(tag)
-    ptr = ctypes.c_void_p()
-    generation = ctypes.c_uint64()
-    malloc_ex = _native.lib().vram_malloc_ex
-    with _THIS_DEVICE if device is None else _on_device(device):
-        where = current_device() if device is None else device
-        if tracing.active():
-            status = tracing.traced(
-                "malloc",
-                functools.partial(malloc_ex, ptr, nbytes, tag_id, generation),
-                nbytes=nbytes,
-                device=where,
-            )
-        else:
-            status = malloc_ex(ptr, nbytes, tag_id, generation)  # ctypes passes both by reference
+    malloc_ex = (_hot or _bind_hot())[0]
+    args = _take_args()
+    ptr, generation, ptr_ref, generation_ref, size = args
+    size.value = nbytes
+    traced = tracing.active()
+    if device is None and not traced:  # the common case: no device switch, no span
+        # current_device(), without its call where this thread's device is known
+        where = getattr(_device_thread, "device", None)
+        if where is None:
+            where = current_device()
+        status = malloc_ex(ptr_ref, size, tag_id, generation_ref)
+    else:
+        with _THIS_DEVICE if device is None else _on_device(device):
+            where = current_device() if device is None else device
+            call = functools.partial(malloc_ex, ptr_ref, size, tag_id, generation_ref)
+            if traced:
+                status = tracing.traced("malloc", call, nbytes=nbytes, device=where)
+            else:
+                status = call()
+    if status:
         if status == OutOfMemoryError.code and retry.policy().attempts > 1:
-            # partial, not lambda: a closure would make every local a cell on the fast path
-            again = functools.partial(malloc_ex, ptr, nbytes, tag_id, generation)
-            status = retry.retry(again, status, nbytes, where)
+            with _THIS_DEVICE if device is None else _on_device(device):
+                again = functools.partial(malloc_ex, ptr_ref, size, tag_id, generation_ref)
+                status = retry.retry(again, status, nbytes, where)
         if status:
+            _spare.append(args)
             check(status, f"allocating {nbytes} bytes")
-    buf = DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))
+    address, gen = ptr.value, generation.value
+    _spare.append(args)
+    buf = _new_object(DeviceBuffer)
+    buf._address = address
+    buf._nbytes = nbytes
+    buf._generation = gen
+    buf._device = where
+    buf._tag = tags.UNTAGGED if tag_id == 0 else tags.tag_name(tag_id)
+    buf._open = True
     if wipe is not None:
         status = _native.lib().vram_set_allocation_wipe(
-            ptr.value, generation.value, _WIPE_ON_FREE if wipe else _WIPE_OFF
+            address, gen, _WIPE_ON_FREE if wipe else _WIPE_OFF
         )
         if status:
             buf.close()
             check(status, "setting the wipe policy")
-    leaks.remember(generation.value)
+    # leaks.remember's common case, inline: the caller's code and instruction, formatted
+    # into file and line only when a leak is reported (to_device records its own caller).
+    if leaks._depth == 1:
+        frame = _getframe(1)
+        _sites[gen] = (frame.f_code, frame.f_lasti)
+    else:
+        leaks.remember(gen)
     return buf
 
 
@@ -447,6 +524,7 @@ def to_device(
     with _hostbuf.borrowed(data, writable=False) as (_, nbytes):
         pass
     buf = alloc(nbytes, device=device, tag=tag, wipe=wipe)
+    leaks.remember(buf.generation)  # made for to_device's caller, not for to_device
     try:
         buf.copy_from(data)
     except BaseException:

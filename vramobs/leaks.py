@@ -10,22 +10,31 @@ allocations behind.
 
 from __future__ import annotations
 
+import dis
 import os
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from types import CodeType
+from typing import Optional, Union
+
 from . import stats
 
 __all__ = ["LeakError", "LeakReport", "track_stacks", "leak_report", "leak_check", "counts"]
 
-# alloc(), to_device(), empty_batch()
-_API_FILES = {os.path.join(os.path.dirname(__file__), name) for name in ("buffer.py", "pool.py")}
+# alloc(), to_device(), empty_batch(), alloc_async()
+_API_FILES = {
+    os.path.join(os.path.dirname(__file__), name) for name in ("buffer.py", "pool.py", "streams.py")
+}
 _depth = 1
 _lock = threading.Lock()
-_sites: dict[int, list[tuple[str, int, str]]] = {}  # generation -> (file, line, function)s
+# generation -> where it was made: each frame's code and instruction offset (f_lasti), in a
+# flat tuple, innermost first. Recording them costs a fraction of formatting a line number;
+# where() formats them, for the rare allocation anyone asks about. buffer.alloc() records the
+# common case (one frame) itself.
+_sites: dict[int, tuple[Union[CodeType, int], ...]] = {}
 _leaked: dict[int, tuple[int, int]] = {}  # device -> (buffers, bytes)
 
 
@@ -42,12 +51,11 @@ def remember(generation: int) -> None:
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename in _API_FILES:
         frame = frame.f_back  # report the caller of alloc(), not vramobs' own frames
-    site = []
-    while frame is not None and len(site) < _depth:
-        code = frame.f_code
-        site.append((code.co_filename, frame.f_lineno, code.co_name))
+    site: list[Union[CodeType, int]] = []
+    while frame is not None and len(site) < 2 * _depth:
+        site += (frame.f_code, frame.f_lasti)
         frame = frame.f_back
-    _sites[generation] = site
+    _sites[generation] = tuple(site)
 
 
 def forget(generation: int) -> None:
@@ -61,12 +69,31 @@ def moved(old_generation: int, new_generation: int) -> None:
         _sites[new_generation] = site
 
 
+def _line(code: CodeType, offset: int) -> Optional[int]:
+    """The source line of the instruction at offset, as a frame's f_lineno gives it."""
+    lines = getattr(code, "co_lines", None)
+    if lines is not None:  # Python 3.10+
+        for start, end, line in lines():
+            if start <= offset < end:
+                return line
+        return None
+    line = None
+    for start, line_start in dis.findlinestarts(code):
+        if start > offset:
+            break
+        line = line_start
+    return line
+
+
 def where(generation: int) -> str:
     """Where an allocation was made, innermost frame first, one line per frame."""
     site = _sites.get(generation)
     if not site:
         return "unknown"
-    return "; ".join(f"{filename}:{line} in {function}" for filename, line, function in site)
+    return "; ".join(
+        f"{code.co_filename}:{_line(code, offset)} in {code.co_name}"  # type: ignore[union-attr]
+        for code, offset in zip(site[::2], site[1::2])
+    )
 
 
 def collected(generation: int, device: int, nbytes: int) -> str:

@@ -61,9 +61,19 @@ def _provider_is_set() -> bool:
     return _sdk_seen
 
 
+# Whether the API keeps its provider where _provider_is_set() reads it: then None there (no
+# provider set yet, the usual case without an SDK) answers "no" in one attribute read.
+_PROVIDER_GLOBAL = _trace is not None and hasattr(_trace, "_TRACER_PROVIDER")
+
+
 def active() -> bool:
-    """Whether the next operation is to be traced."""
-    if not _enabled or _trace is None or not _provider_is_set():
+    """Whether the next operation is to be traced. Checked once per operation, on the hot path
+    of every one: the common answers come first."""
+    if not _enabled or _trace is None:
+        return False
+    if not _sdk_seen and (
+        (_PROVIDER_GLOBAL and _trace._TRACER_PROVIDER is None) or not _provider_is_set()
+    ):
         return False
     return _sample_rate >= 1.0 or random.random() < _sample_rate
 

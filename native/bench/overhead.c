@@ -1,6 +1,7 @@
 /* What observation costs in C: each vram operation against the bare driver call it wraps,
  * timed in the same process on the same device. Prints one markdown row per operation.
- * Run on a GPU: overhead [iterations]. */
+ * Run on a GPU: overhead [iterations]. Without one, overhead host [iterations] times the
+ * pooled pair on the host backend, where no driver is called: vramobs' own work alone. */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,34 @@ static int compare(const void *a, const void *b) {
         }                                                                   \
     } while (0)
 
+/* The pooled malloc+free pair on the host backend, against the clock read it makes four of. */
+static int host_pair(int per_round) {
+    CHECK(vram_select_backend("host"));
+    CHECK(vram_pool_set(0, (uint64_t)64 << 20));
+    enum { SIZE = 4096, ROUNDS = 31 };
+    void *p;
+    uint64_t generation;
+    struct timespec ts;
+    double clock_ns, pair_ns;
+    MEDIANS_NS(clock_ns, pair_ns, ROUNDS, per_round, clock_gettime(CLOCK_MONOTONIC, &ts),
+               {
+                   CHECK(vram_malloc_ex(&p, SIZE, 0, &generation));
+                   CHECK(vram_free_ex(p, generation));
+               });
+    vram_pool_stats pool;
+    CHECK(vram_pool_stats_get(0, &pool, sizeof pool));
+    printf("| operation (4 KiB, host backend) | ns |\n|---|---|\n");
+    printf("| malloc_ex+free_ex, pooled (%llu of %llu from the cache) | %.0f |\n",
+           (unsigned long long)pool.hits_total,
+           (unsigned long long)(pool.hits_total + pool.misses_total), pair_ns);
+    printf("| clock_gettime | %.0f |\n", clock_ns);
+    CHECK(vram_pool_set(0, 0));
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "host") == 0)
+        return host_pair(argc > 2 ? atoi(argv[2]) : 20000);
     int per_round = argc > 1 ? atoi(argv[1]) : 2000;
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {

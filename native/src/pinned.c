@@ -245,6 +245,7 @@ int vram_host_free(void *ptr) {
     pthread_mutex_unlock(&g_lock);
     /* Out of the table, not yet cached: no one else can reach it while it is cleared. */
     explicit_bzero(ptr, r->bytes);
+    c.bytes = r->bytes; /* once cached, r belongs to the cache (a trim may free it) */
     unsigned index;
     class_size(r->size, &index);
     pthread_mutex_lock(&g_lock);
@@ -252,7 +253,6 @@ int vram_host_free(void *ptr) {
     g_cache[index] = r;
     g_stats.cached_bytes += r->size;
     pthread_mutex_unlock(&g_lock);
-    c.bytes = r->bytes;
     return vram_call_finish(&c, VRAM_SUCCESS);
 }
 

@@ -15,7 +15,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "addrmap.h"
+#include "addrhash.h"
 #include "internal.h"
 
 #define SMALL_LIMIT ((size_t)1 << 20)
@@ -26,7 +26,7 @@
 #define CLASSES (HUGE_CLASS + 1)
 
 typedef struct block {
-    vram_addrmap_node node; /* first: while handed out, in its pool's map by address */
+    vram_addrhash_node node; /* first: while handed out, in its pool's map by address */
     struct block *next;     /* while cached, in its class's list */
     const vram_backend *backend;
     size_t size;  /* what the driver allocated */
@@ -37,7 +37,7 @@ typedef struct pool {
     pthread_mutex_t lock;
     int enabled;   /* atomic: read without the lock where the pool was never on */
     uint64_t live; /* atomic: blocks handed out (the map's size) */
-    vram_addrmap out;
+    vram_addrhash out;
     block *cached[CLASSES];
     vram_pool_stats s; /* max_cached_bytes, cached_*, the totals; enabled and live_blocks
                           are filled at copy time */
@@ -107,13 +107,13 @@ static block *uncache(pool *p, int cls, size_t size) {
 
 static void hand_out(pool *p, block *k, size_t slack) {
     k->slack = slack;
-    vram_addrmap_insert(&p->out, &k->node);
+    vram_addrhash_insert(&p->out, &k->node);
     p->s.slack_bytes += slack;
     __atomic_store_n(&p->live, p->live + 1, __ATOMIC_RELAXED);
 }
 
 static block *take_back(pool *p, uintptr_t address) {
-    block *k = (block *)vram_addrmap_remove(&p->out, address);
+    block *k = (block *)vram_addrhash_remove(&p->out, address);
     if (k) {
         p->s.slack_bytes -= k->slack;
         __atomic_store_n(&p->live, p->live - 1, __ATOMIC_RELAXED);
@@ -147,7 +147,13 @@ static void drop_if_failed(pool *p, int device) {
         free(k);
     }
     p->s.dropped_bytes_total += cached;
-    while (p->out.root) free(take_back(p, p->out.root->key));
+    for (vram_addrhash_node *n = vram_addrhash_take_all(&p->out), *next; n; n = next) {
+        next = n->next;
+        block *k = (block *)n;
+        p->s.slack_bytes -= k->slack;
+        free(k);
+    }
+    __atomic_store_n(&p->live, 0, __ATOMIC_RELAXED);
 }
 
 /* Release detached blocks to the driver (no lock held). A block the driver refuses to free is

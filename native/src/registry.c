@@ -11,12 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "addrhash.h"
 #include "addrmap.h"
 #include "internal.h"
 
 struct vram_entry {
     vram_addrmap_node node; /* first: the map hands back this address */
-    vram_addrmap_node by_generation; /* in g_generations, keyed by generation */
+    vram_addrhash_node by_generation; /* in g_generations, keyed by generation */
     vram_entry *prev, *next; /* allocation order on its device */
     const vram_backend *backend;
     size_t bytes;
@@ -33,7 +34,7 @@ struct vram_entry {
 };
 
 typedef struct tombstone {
-    vram_addrmap_node node;
+    vram_addrhash_node node; /* first: the map hands back this address */
     uint64_t generation;
     int device;
     bool used;
@@ -46,9 +47,11 @@ typedef struct device_books {
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_changed = PTHREAD_COND_INITIALIZER;
+/* Live entries by address, ordered (a pointer inside an allocation finds it); by generation,
+ * and tombstones by address, hashed: exact lookups only. */
 static vram_addrmap g_live;
-static vram_addrmap g_generations; /* the same live entries, by generation */
-static vram_addrmap g_freed;
+static vram_addrhash g_generations;
+static vram_addrhash g_freed;
 static tombstone g_tombs[VRAM_FREED_MEMORY];
 static size_t g_tomb_next;
 static uint64_t g_next_generation = 1;
@@ -60,7 +63,7 @@ static device_books g_books[VRAM_MAX_DEVICES];
 static vram_entry *as_entry(vram_addrmap_node *n) { return (vram_entry *)n; }
 
 static vram_entry *live_generation(uint64_t generation) {
-    vram_addrmap_node *n = vram_addrmap_find(&g_generations, (uintptr_t)generation);
+    vram_addrhash_node *n = vram_addrhash_find(&g_generations, (uintptr_t)generation);
     return n ? (vram_entry *)((char *)n - offsetof(vram_entry, by_generation)) : NULL;
 }
 
@@ -77,7 +80,7 @@ void vram_registry_node_stream_ordered(vram_entry *node) { node->stream_ordered 
 bool vram_entry_stream_ordered(const vram_entry *e) { return e->stream_ordered; /* immutable */ }
 
 static void forget_tomb(uintptr_t address) {
-    tombstone *t = (tombstone *)vram_addrmap_remove(&g_freed, address);
+    tombstone *t = (tombstone *)vram_addrhash_remove(&g_freed, address);
     if (t) t->used = false;
 }
 
@@ -85,18 +88,18 @@ static void remember_tomb(uintptr_t address, uint64_t generation, int device) {
     forget_tomb(address);
     tombstone *t = &g_tombs[g_tomb_next];
     g_tomb_next = (g_tomb_next + 1) % VRAM_FREED_MEMORY;
-    if (t->used) vram_addrmap_remove(&g_freed, t->node.key);
+    if (t->used) vram_addrhash_remove(&g_freed, t->node.key);
     t->node.key = address;
     t->generation = generation;
     t->device = device;
     t->used = true;
-    vram_addrmap_insert(&g_freed, &t->node);
+    vram_addrhash_insert(&g_freed, &t->node);
 }
 
 /* Take an entry out of the map, its device's list and the live totals. */
 static void unlink_entry(vram_entry *e) {
     vram_addrmap_remove(&g_live, e->node.key);
-    vram_addrmap_remove(&g_generations, (uintptr_t)e->generation);
+    vram_addrhash_remove(&g_generations, (uintptr_t)e->generation);
     device_books *b = &g_books[e->device];
     if (e->prev) e->prev->next = e->next; else b->oldest = e->next;
     if (e->next) e->next->prev = e->prev; else b->newest = e->prev;
@@ -146,7 +149,7 @@ uint64_t vram_registry_insert(vram_entry *node, const vram_backend *backend, uin
     node->generation = g_next_generation++;
     vram_addrmap_insert(&g_live, &node->node);
     node->by_generation.key = (uintptr_t)node->generation;
-    vram_addrmap_insert(&g_generations, &node->by_generation);
+    vram_addrhash_insert(&g_generations, &node->by_generation);
 
     device_books *b = &g_books[device];
     /* Never older than the device's newest: its list stays in alloc_ns order. */
@@ -175,7 +178,7 @@ vram_lookup vram_registry_pin(uintptr_t address, size_t bytes, vram_entry **entr
     pthread_mutex_lock(&g_lock);
     vram_entry *e = as_entry(vram_addrmap_floor(&g_live, address));
     if (!e || address - e->node.key >= e->bytes || e->freeing) {
-        tombstone *t = (tombstone *)vram_addrmap_find(&g_freed, address);
+        tombstone *t = (tombstone *)vram_addrhash_find(&g_freed, address);
         if (t) *device = t->device;
         result = (t || (e && e->freeing)) ? VRAM_LOOKUP_FREED : VRAM_LOOKUP_UNKNOWN;
         if (e && e->freeing) *device = e->device;
@@ -245,7 +248,7 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
             }
             e = live_generation(generation);
             if (!e) { /* freed already, whoever freed it; its address may be reused */
-                tombstone *t = (tombstone *)vram_addrmap_find(&g_freed, address);
+                tombstone *t = (tombstone *)vram_addrhash_find(&g_freed, address);
                 count_repeat(t && t->generation == generation ? t->device : 0);
                 result = VRAM_FREE_ALREADY;
                 break;
@@ -286,7 +289,7 @@ vram_free_begin vram_registry_free_begin(uintptr_t address, uint64_t generation,
             result = VRAM_FREE_INTERIOR;
             break;
         }
-        tombstone *t = (tombstone *)vram_addrmap_find(&g_freed, address);
+        tombstone *t = (tombstone *)vram_addrhash_find(&g_freed, address);
         if (t) count_repeat(t->device);
         result = t ? VRAM_FREE_ALREADY : VRAM_FREE_UNKNOWN;
         break;
