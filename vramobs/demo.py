@@ -1,8 +1,8 @@
 """``vramobs demo``: an inference-like workload through vramobs while ``/metrics`` is served.
 
 Weights are loaded once; each request copies its input activations in, grows a KV cache
-block by block as it "generates", reads its output back, and releases its KV cache, so live
-memory rises and falls like a server's. ``--leak`` plants two kinds of leak: every 10th
+block by block as it "generates", reads its output back on a stream into pinned memory, and
+releases its KV cache, so live memory rises and falls like a server's. ``--leak`` plants two kinds of leak: every 10th
 request keeps an activation buffer forever (a live leak: ``leak_report()`` names the line),
 and every 25th drops one without closing it (freed by the garbage collector, counted in
 ``vramobs_leaked_buffers_total`` with a ResourceWarning).
@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-from . import DeviceBuffer, alloc, device, exporter, leaks, to_device
+from . import DeviceBuffer, PinnedBuffer, alloc, device, exporter, leaks, pinned_empty, to_device
 
 __all__ = ["Workload", "run"]
 
@@ -50,9 +50,11 @@ class _Server:
         self.leak = leak
         self.weights: list[DeviceBuffer] = []
         self.kept: list[DeviceBuffer] = []  # the planted live leak
+        self.output: Optional[PinnedBuffer] = None  # page-locked: read back asynchronously
         self.requests = 0
 
     def load_weights(self) -> None:
+        self.output = pinned_empty(self.workload.activation_bytes)
         for _ in range(self.workload.layers):
             self.weights.append(to_device(os.urandom(self.workload.layer_bytes), tag="weights"))
 
@@ -66,8 +68,7 @@ class _Server:
                 block = alloc(w.kv_block_bytes, tag="kv_cache")
                 kv.append(block)
                 block.copy_from(os.urandom(4096), offset=rng.randrange(w.kv_block_bytes - 4096))
-            output = bytearray(w.activation_bytes)
-            activations.copy_to(output)
+            activations.copy_to_async(self.output, stream=None).wait()  # the default stream
         finally:
             for block in kv:
                 block.close()
@@ -81,6 +82,8 @@ class _Server:
     def close(self) -> None:
         for buf in self.weights + self.kept:
             buf.close()
+        if self.output is not None:
+            self.output.close()
 
 
 def run(
