@@ -223,6 +223,7 @@ void vram_registry_unpin(vram_entry *e) {
 void vram_registry_hold_async(vram_entry *e) {
     pthread_mutex_lock(&g_lock);
     e->async_pins++;
+    pthread_cond_broadcast(&g_changed); /* a free waiting on this pin can drain it now */
     pthread_mutex_unlock(&g_lock);
 }
 
