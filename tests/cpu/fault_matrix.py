@@ -45,6 +45,10 @@ CALLS = (
     ("vram_memcpy_d2h", "cuMemcpyDtoH"),
     ("vram_memcpy_d2d", "cuMemcpyDtoD"),
     ("vram_get_info", "cuMemGetInfo"),
+    ("vram_memcpy_h2d_async", "cuMemcpyHtoDAsync"),
+    ("vram_memcpy_d2h_async, then wait", "cuEventSynchronize"),
+    ("vram_malloc_async", "cuMemAllocAsync"),
+    ("vram_free_async", "cuMemFreeAsync"),
 )
 
 # The faults: (label, CUresult, sticky). Sticky: every later driver call fails too, as after a
@@ -68,7 +72,13 @@ OPS = ("malloc", "free", "wipe", "memcpy_h2d", "memcpy_d2h", "memcpy_d2d", "get_
 P, OFF, N = 1531, 7, 1001
 start = live()
 vramobs.set_wipe_on_free(LABEL.endswith("wipe on"))
-status_p, p = raw.malloc(P)
+p_generation = ctypes.c_uint64()
+if LABEL == "vram_free_async":  # a stream-ordered allocation, freed in stream order
+    p_ptr = ctypes.c_void_p()
+    status_p = lib.vram_malloc_async(ctypes.byref(p_ptr), P, 0, ctypes.byref(p_generation), 0)
+    p = p_ptr.value
+else:
+    status_p, p = raw.malloc(P)
 status_q, q = raw.malloc(P)
 check("setup mallocs", (status_p, status_q), (0, 0))
 vramobs.set_wipe_on_free(False)
@@ -79,6 +89,20 @@ for address, data in ((p, p_data), (q, q_data)):
 new, new_addr = host(randbytes(rnd, N))
 sentinel = randbytes(rnd, N)
 dst, dst_addr = host(sentinel)
+if "async" in LABEL:  # async copies run on streams from and to page-locked memory
+    pinned_new, pinned_dst = ctypes.c_void_p(), ctypes.c_void_p()
+    check("setup host_alloc", (lib.vram_host_alloc(ctypes.byref(pinned_new), N),
+                               lib.vram_host_alloc(ctypes.byref(pinned_dst), N)), (0, 0))
+    ctypes.memmove(pinned_new.value, new.raw, N)
+    ctypes.memmove(pinned_dst.value, sentinel, N)
+    new_addr, dst_addr, dst = pinned_new.value, pinned_dst.value, None
+
+
+def on_stream(copy, a, b, n):  # an async copy on the default stream, waited for
+    completion = ctypes.c_void_p()
+    status = copy(a, b, n, 0, ctypes.byref(completion))
+    return status or lib.vram_completion_release(completion)
+
 
 def counters():
     snap = stats.op_stats()
@@ -88,7 +112,7 @@ ops0, reg0, fake0, driver0 = counters(), stats.registry_stats(), live(), calls(F
 inject(FN, ERR, 1, STICKY)
 if LABEL == "vram_malloc":
     status, _ = raw.malloc(2049)
-elif LABEL.startswith("vram_free"):
+elif LABEL.startswith("vram_free,") or LABEL == "vram_free":
     status = raw.free(p)
 elif LABEL == "vram_memcpy_h2d":
     status = raw.memcpy_h2d(p + OFF, new_addr, N)
@@ -96,6 +120,14 @@ elif LABEL == "vram_memcpy_d2h":
     status = raw.memcpy_d2h(dst_addr, p + OFF, N)
 elif LABEL == "vram_memcpy_d2d":
     status = lib.vram_memcpy_d2d(q + OFF, p + OFF, N)
+elif LABEL == "vram_memcpy_h2d_async":
+    status = on_stream(lib.vram_memcpy_h2d_async, p + OFF, new_addr, N)
+elif LABEL.startswith("vram_memcpy_d2h_async"):
+    status = on_stream(lib.vram_memcpy_d2h_async, dst_addr, p + OFF, N)
+elif LABEL == "vram_malloc_async":
+    status = lib.vram_malloc_async(ctypes.byref(ctypes.c_void_p()), 2049, 0, None, 0)
+elif LABEL == "vram_free_async":
+    status = lib.vram_free_async(p, p_generation.value, 0)
 else:
     status, _, _ = raw.get_info()
 reached = calls(FN) > driver0
@@ -122,7 +154,7 @@ if registry != "entry freed" and ctypes.string_at(p, P) != p_data:
     written.append("p")
 if ctypes.string_at(q, P) != q_data:
     written.append("q")
-if dst.raw != sentinel:
+if (ctypes.string_at(dst_addr, N) if dst is None else dst.raw) != sentinel:
     written.append("host buffer")
 orphans = (fake1 - fake0) - (reg1.live_count - reg0.live_count)
 state = vramobs.device_state(0).name.lower()
