@@ -67,7 +67,10 @@ static void put(vram_completion *c) {
 /* Release what a finished copy held and count it. */
 static void retire(vram_completion *c, int error, uint64_t elapsed_ns) {
     int status = VRAM_SUCCESS;
-    if (error) {
+    if (error == VRAM_FENCE_LOST) { /* the copy may still run: its device cannot be trusted */
+        vram_runtime_latch(c->device);
+        status = VRAM_ERR_DEVICE_FAILED;
+    } else if (error) {
         c->driver_error = error;
         status = vram_driver_failure(&(vram_call){.op = c->op, .device = c->device}, c->backend,
                                      c->device, error, VRAM_ERR_COPY_FAILED);
@@ -199,8 +202,13 @@ static int start(vram_call *call, vram_completion *c, vram_async_kind kind, uint
         if (c->entries[i]) vram_registry_unpin(c->entries[i]);
     if (c->host) vram_pinned_unhold(c->host);
     free(c);
-    int status = error ? vram_driver_failure(call, b, call->device, error, VRAM_ERR_COPY_FAILED)
-                       : VRAM_SUCCESS;
+    int status = VRAM_SUCCESS;
+    if (error == VRAM_FENCE_LOST) { /* it may still run: its device cannot be trusted */
+        vram_runtime_latch(call->device);
+        status = VRAM_ERR_DEVICE_FAILED;
+    } else if (error) {
+        status = vram_driver_failure(call, b, call->device, error, VRAM_ERR_COPY_FAILED);
+    }
     if (status == VRAM_SUCCESS && !(*out = done_now(call->op))) status = VRAM_ERR_COPY_FAILED;
     return vram_call_finish(call, status);
 }

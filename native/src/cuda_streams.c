@@ -99,17 +99,19 @@ int vram_cuda_copy_async(int device, vram_async_kind kind, uintptr_t dst, uintpt
     CUresult r = vram_cuda_enter(device, &pushed);
     if (r == CUDA_SUCCESS) r = take_fence(device, &f);
     if (r == CUDA_SUCCESS) r = vram_cu.event_record(f->start, s);
+    bool lost = false;
     if (r == CUDA_SUCCESS) {
         r = enqueue_copy(kind, device, dst, src, src_device, bytes, s);
         if (r == CUDA_SUCCESS) r = vram_cu.event_record(f->end, s);
         /* Without its end mark nothing could tell when the copy is done: wait for it here, so
-         * that no copy outlives the holds on its memory. */
-        if (r != CUDA_SUCCESS) vram_cu.stream_synchronize(s);
+         * that no copy outlives the holds on its memory (the context, if the stream fails). */
+        lost = r != CUDA_SUCCESS && vram_cu.stream_synchronize(s) != CUDA_SUCCESS &&
+               vram_cu.ctx_synchronize() != CUDA_SUCCESS;
     }
     vram_cuda_leave(pushed);
     if (r != CUDA_SUCCESS) {
         vram_cuda_fence_release(f);
-        return (int)r;
+        return lost ? VRAM_FENCE_LOST : (int)r;
     }
     *out = f;
     return CUDA_SUCCESS;
@@ -125,7 +127,12 @@ int vram_cuda_fence_wait(void *p, bool block, uint64_t *elapsed_ns) {
     if (r == CUDA_SUCCESS && vram_cu.event_elapsed_time(&ms, f->start, f->end) == CUDA_SUCCESS &&
         ms > 0)
         *elapsed_ns = (uint64_t)((double)ms * 1e6);
+    /* The event failed: the copy may still run. Waiting for the whole context tells; if that
+     * fails too, nobody can. */
+    bool lost = r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_READY &&
+                vram_cu.ctx_synchronize() != CUDA_SUCCESS;
     vram_cuda_leave(pushed);
+    if (lost) return VRAM_FENCE_LOST;
     return r == CUDA_ERROR_NOT_READY ? VRAM_FENCE_PENDING : (int)r;
 }
 

@@ -26,9 +26,12 @@ typedef enum vram_async_kind {
     VRAM_ASYNC_PEER
 } vram_async_kind;
 
-/* Backend answers that are not driver codes (those are >= 0). */
+/* Backend answers that are not driver codes (those are >= 0). A fence is lost when its wait
+ * failed and the device could not be waited for either: whether the copy still runs is
+ * unknown, so its device is treated as failed. */
 #define VRAM_FENCE_PENDING (-1)
 #define VRAM_STREAM_FOREIGN (-2)
+#define VRAM_FENCE_LOST (-3)
 
 /* A backend answers with its driver's raw code (0 = success); classify() interprets it.
  * Backends are stateless towards the registry: validation happens before they are called. */
@@ -61,9 +64,9 @@ typedef struct vram_backend {
      * may carry work of device, VRAM_STREAM_FOREIGN when it belongs to another context, else
      * the driver's error. stream_sync waits for the work on it. copy_async enqueues a copy
      * between two timing marks and hands back the fence to wait for (NULL: the copy was done
-     * before it returned). fence_wait polls (block false) or waits: 0 complete (*elapsed_ns:
-     * the device's time between the marks), VRAM_FENCE_PENDING, or the driver's error;
-     * fence_release recycles it. alloc_async and release_async allocate and free in stream
+     * before it returned); a failure answers once nothing runs (else VRAM_FENCE_LOST). fence_wait polls (block false) or waits: 0 complete (*elapsed_ns:
+     * the device's time between the marks), VRAM_FENCE_PENDING, or the driver's error once
+     * the copy is known to be over (else VRAM_FENCE_LOST); fence_release recycles it. alloc_async and release_async allocate and free in stream
      * order (release_async zeroes first when wipe). */
     int (*stream_check)(int device, uintptr_t stream);
     int (*stream_sync)(int device, uintptr_t stream);

@@ -1,5 +1,5 @@
 """The fault-injection matrix of the README, regenerated over the fake driver: every cell keeps
-the guarantees (nothing written, nothing leaked, counted once, sticky faults latch and turn
+the guarantees (nothing written (but by a copy whose wait failed), nothing leaked, counted once, sticky faults latch and turn
 /healthz to 503, others leave the device usable), and the README shows exactly this table."""
 
 from pathlib import Path
@@ -18,7 +18,8 @@ def _check_cell(r: dict) -> list[str]:
             problems.append(f"{where}: {what} {got!r}, want {expected!r}")
 
     want("driver function reached", r["reached"], True)
-    want("bytes written", r["written"], [])
+    # A wait that fails cannot unwrite what its copy wrote: only the other calls write nothing.
+    want("bytes written", r["written"], ["host buffer"] if r["call"].endswith("then wait") else [])
     want("orphaned driver memory after the call",
          r["orphans"], 1 if r["sticky"] and r["registry"] == "entry dropped as lost" else 0)
     counted = {op: sum(by.values()) for op, by in r["moved"].items()}
