@@ -394,3 +394,21 @@ check("no device memory left", live(), 0)
 check("no pinned block in use", vramobs.host_stats().live_count, 0)
 finish()
 ''', timeout=180, FAKECUDA_ASYNC="deferred")
+
+
+def test_a_copy_whose_end_cannot_be_established_fails_its_device(child):
+    """The wait fails and so does waiting for the whole context: the copy may still be running,
+    so its memory cannot be released to anyone: the device is latched failed."""
+    child(STREAMS + r'''
+rnd = random.Random(SEED)
+s = make_stream()
+buf = vramobs.alloc(1 * MiB)
+src = vramobs.pinned_empty(1 * MiB); src.view[:] = randbytes(rnd, 1 * MiB)
+done = buf.copy_from_async(src, stream=s)
+inject("cuEventSynchronize", 1)  # invalid value: not sticky by itself
+inject("cuCtxSynchronize", 1)
+raises("wait", errors.DeviceFailedError, done.wait)
+check("device latched", vramobs.device_state(0), DeviceState.FAILED)
+check("counted failed", astats().failed_total, 1)
+finish()
+''', FAKECUDA_ASYNC="deferred")
