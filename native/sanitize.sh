@@ -3,7 +3,8 @@
 #
 # Two separate builds of libvram_ops and of native/tests/stress.c (vram_stress):
 #   1. ASan+UBSan (-fsanitize=address,undefined -fno-sanitize-recover=all):
-#        vram_stress on the host backend and on the CUDA backend over tests/fakecuda;
+#        vram_stress on the host backend and on the CUDA backend over tests/fakecuda (its
+#        pool_churn, pinned_churn and d2d_migrate run in both, staged_copies over the fake only);
 #        vram_soak (native/tests/soak.c: 16 threads, a million mixed operations) on the host
 #        backend;
 #        the Rust FFI tests (tests/ffi) against the ASan library, with the ASan runtime
@@ -11,9 +12,11 @@
 #        three modes of tests/run.sh: host backend, CUDA without a driver, CUDA over the fake.
 #   2. TSan (-fsanitize=thread): vram_stress with 32 threads on the host backend and over the
 #        fake driver, and vram_soak (a quarter of its operations), halting at the first report.
+# Copies between the two devices of the stress and the soak go peer to peer in one build and
+# through host memory (staged) in the other, on each backend (VRAMOBS_HOST_PEER, FAKECUDA_PEER).
 # Exits non-zero on any sanitizer report or test failure; the last line is the summary.
 #
-# scale (default 1) multiplies the stress iterations; 1 takes about 1-2 minutes in all on
+# scale (default 1) multiplies the stress iterations; 1 takes about 2-3 minutes in all on
 # two cores. Environment: CC (compiler, default cc; gcc or clang), PYTHON (the interpreter
 # whose packages hold the nvidia-cuda-runtime wheel, for cuda.h), VRAMOBS_CUDA_INCLUDE_DIR
 # (instead of the wheel), VRAMOBS_STRESS_THREADS (default 32), VRAMOBS_SANITIZE_DIR (build
@@ -99,6 +102,10 @@ configure_build() { # dir sanitize-list extra-cflags
 failures=0
 reports=0
 declare -A passed=()
+# vram_stress's tests of the pool, pinned memory, staging and two devices, counted by name in
+# the summary (staged_copies runs over the fake driver only).
+new_tests=(pool_churn pinned_churn staged_copies d2d_migrate)
+declare -A passed_test=()
 
 # Sanitizer reports in a log: one SUMMARY line per report (ASan, LSan, UBSan, TSan), or at
 # least one if a report's marker shows without its summary.
@@ -132,6 +139,12 @@ run() {
   fi
   n=${n:-0}
   passed[$kind]=$(( ${passed[$kind]:-0} + n ))
+  if [ "$kind" = stress ] || [ "$kind" = tsan ]; then
+    local t
+    for t in "${new_tests[@]}"; do
+      grep -q "^ok   $t " "$log" && passed_test[$kind:$t]=$(( ${passed_test[$kind:$t]:-0} + 1 ))
+    done
+  fi
   if [ "$status" != 0 ] || [ "$r" != 0 ]; then
     failures=$((failures + 1))
     reports=$((reports + r))
@@ -172,7 +185,7 @@ stress_iterations=$((3000 * scale))
 run asan-stress-host stress \
   env VRAMOBS_TEST_BACKEND=host "$work/asan/native/vram_stress" "$threads" "$stress_iterations"
 run asan-stress-fakecuda stress \
-  env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" \
+  env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" FAKECUDA_PEER=0 \
   "$work/asan/native/vram_stress" "$threads" "$stress_iterations"
 run asan-soak-host soak "$work/asan/native/vram_soak" 16 $((1000000 * scale))
 
@@ -207,16 +220,23 @@ export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 [ -f "$supp/tsan.supp" ] && TSAN_OPTIONS=$TSAN_OPTIONS:suppressions=$supp/tsan.supp
 tsan_iterations=$((2000 * scale))
 run tsan-stress-host tsan \
-  env VRAMOBS_TEST_BACKEND=host "$work/tsan/native/vram_stress" "$threads" "$tsan_iterations"
+  env VRAMOBS_TEST_BACKEND=host VRAMOBS_HOST_PEER=0 "$work/tsan/native/vram_stress" "$threads" \
+  "$tsan_iterations"
 run tsan-stress-fakecuda tsan \
   env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" \
   "$work/tsan/native/vram_stress" "$threads" "$tsan_iterations"
-run tsan-soak-host tsan-soak "$work/tsan/native/vram_soak" 16 $((250000 * scale))
+run tsan-soak-host tsan-soak env VRAMOBS_HOST_PEER=0 "$work/tsan/native/vram_soak" 16 $((250000 * scale))
 unset TSAN_OPTIONS
 
 elapsed=$(( $(date +%s) - start ))
 say "done in ${elapsed}s; logs in $work/logs"
-summary="asan+ubsan stress ${passed[stress]:-0} passed, soak ${passed[soak]:-0} passed, rust ${passed[rust]:-0} passed; tsan stress ${passed[tsan]:-0} passed, soak ${passed[tsan-soak]:-0} passed; $reports reports"
+# "(pool_churn 2, pinned_churn 2, staged_copies 1, d2d_migrate 2)": runs of each that passed.
+new_passed() {
+  local t list=
+  for t in "${new_tests[@]}"; do list+="${list:+, }$t ${passed_test[$1:$t]:-0}"; done
+  echo "($list)"
+}
+summary="asan+ubsan stress ${passed[stress]:-0} passed $(new_passed stress), soak ${passed[soak]:-0} passed, rust ${passed[rust]:-0} passed; tsan stress ${passed[tsan]:-0} passed $(new_passed tsan), soak ${passed[tsan-soak]:-0} passed; $reports reports"
 if [ $failures -ne 0 ]; then
   echo "SANITIZERS FAILED ($failures step(s)): $summary"
   exit 1

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # native/soak.sh [threads [operations]] - build native/tests/soak.c (vram_soak) with warnings as
 # errors and run it: a bounded load-and-soak run of libvram_ops on the host backend (default 16
-# threads, 1,000,000 operations), ending with nothing leaked and every device's free memory back
-# at its baseline. The last line is the soak's summary ("SOAK ok ..."); exits non-zero on any
-# failed check. native/sanitize.sh runs the same soak under ASan+UBSan.
+# threads, 1,000,000 operations: allocations, copies, d2d copies, migrations, batches, pinned
+# memory, pool trims), ending with nothing leaked, the pool trimmed and every device's free
+# memory back at its baseline. The last line is the soak's summary ("SOAK ok ..."); exits
+# non-zero on any failed check. native/sanitize.sh runs the same soak under ASan+UBSan and TSan.
 #
 # Environment: PYTHON (an interpreter whose packages hold the nvidia-cuda-runtime wheel, for
 # cuda.h; default tests/run.sh's .venv) or VRAMOBS_CUDA_INCLUDE_DIR, VRAMOBS_SOAK_DIR (build
 # directory, default build/soak), VRAMOBS_SOAK_TIMEOUT (seconds before the soak calls itself
 # hung, default 300 here), VRAMOBS_TEST_SEED (replay), VRAMOBS_HOST_CAPACITY and
-# VRAMOBS_HOST_DEVICES (default 1 MiB and 2: out-of-memory is frequent).
+# VRAMOBS_HOST_DEVICES (default 1 MiB and 2: out-of-memory is frequent), VRAMOBS_HOST_PEER
+# (1, default: copies between devices peer to peer; 0: through host memory).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${VRAMOBS_SOAK_DIR:-$repo/build/soak}

@@ -10,6 +10,9 @@
  * On the host backend device memory is host memory, so a copy that touched a freed allocation
  * is a heap-use-after-free for ASan; on the fake driver it is too (the fake's memory is host
  * memory from posix_memalign, and its memcpy goes through the sanitizer's interceptor).
+ * Two devices (VRAMOBS_HOST_DEVICES=2, FAKECUDA_DEVICES=2, set here unless the caller set
+ * them); copies between them go peer to peer or through host memory as VRAMOBS_HOST_PEER /
+ * FAKECUDA_PEER say (d2d_migrate prints the path).
  *
  * Tests, in order (each prints "ok" or "FAIL" with its failed checks):
  *   select_backend       select the backend under test; refusals of bad names
@@ -33,14 +36,46 @@
  *                        allocation stays live)
  *   select_busy          (e) a thread's select of the other backend while the main thread
  *                        holds an allocation: 10; of the backend in use: 0
- *   final_state          live_count == 0, no tag holds bytes, the books balance, no entry
- *                        was evicted or lost; on the fake driver no fake allocation remains
  *   select_toggle_race   one thread switches backends back and forth while three others
  *                        call malloc/free/get_info: no allocation lands on a backend switched
  *                        away, every one is freed
+ *   pool_churn           the pool on: threads allocate (sizes of every class kind, up to a
+ *                        2 MiB page block), write, verify and free, and make batches (some
+ *                        failing part-way on an element larger than the device, some refused
+ *                        for a zero size: all outputs NULL, nothing left), while a thread
+ *                        trims and changes the bound (0: off) and one checks the pool's stats
+ *                        (cached <= bound, monotonic totals); then trimmed to 0: nothing
+ *                        cached or handed out, nothing live. Then exact, on one thread: a
+ *                        block freed under VRAM_WIPE_ON_FREE comes back zeroed to the next
+ *                        allocation of its class, bytes past a request stay out of bounds,
+ *                        slack as expected, an allocation made with the pool off is not
+ *                        cached, lowering the bound releases (largest first) and counts a trim
+ *   pinned_churn         threads vram_host_alloc/free (clean blocks on the host backend) and
+ *                        register/unregister their own odd-sized buffers (overlaps and
+ *                        interior pointers refused), use both as the host side of copies
+ *                        (none staged however large), while a thread trims the cache and
+ *                        checks the books; at the end nothing live, cached or registered
+ *   staged_copies        (over the fake driver only: the host backend does not stage) threads
+ *                        copy pageable memory at odd offsets and sizes both ways (bytes around
+ *                        each copy untouched, some of VRAM_WIPE_ON_FREE allocations) while a
+ *                        thread changes the staging configuration (and invalid ones are
+ *                        refused); then exact: async chunk copies only, threads x buffers x
+ *                        chunk staging bytes, cleared bytes, small and pinned copies direct,
+ *                        everything released when staging is turned off
+ *   d2d_migrate          two devices (the second pooled): threads copy (d2d) between shared
+ *                        allocations, within one and across devices, migrate them back and
+ *                        forth, free and re-make them (a per-allocation lock keeps copies off
+ *                        freed pointers), refusals of every kind; each allocation checked
+ *                        against its shadow and its device in the per-device registry books.
+ *                        Then rounds where readers copy out of one allocation while it is
+ *                        migrated, by one thread, by two at once (exactly one may succeed) or
+ *                        while another thread frees it
+ *   final_state          live_count == 0, no tag holds bytes, the books balance, no entry
+ *                        was evicted or lost; on the fake driver no fake allocation remains
  *
  * Seed: VRAMOBS_TEST_SEED=<n> replays a run's random sizes and data (not its thread
- * interleaving); the seed used is printed first.
+ * interleaving); the seed used is printed first. VRAMOBS_STRESS_ONLY=<test>[,<test>...] runs
+ * only those tests (and select_backend, final_state).
  * Watchdog: a test still running after VRAMOBS_STRESS_TIMEOUT seconds (default 120) is a
  * deadlock (a lost wake-up in the registry, say): the program names it and exits 3.
  * The last line is "N passed, M failed"; the exit status is 1 when any test failed.
@@ -50,8 +85,6 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,70 +93,24 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "vram_ops.h"
 
 /* ---------------------------------------------------------------------------------------- */
-/* Harness                                                                                   */
+/* Harness (the shared part is harness.h)                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
 static int g_threads = 32;
 static long g_iterations = 2000;
-static uint64_t g_seed;
 static const char *g_backend = "host";
 static const char *g_other_backend = "cuda";
-
-static atomic_long g_failures; /* failed checks of the running test */
 static int g_passed, g_failed;
 
-#define MAX_REPORTED 25
+#define CHECK_STATUS(got, want, what) EXPECT((got), (want), -1, (what))
 
-static void failf(const char *file, int line, const char *fmt, ...) {
-    long n = atomic_fetch_add(&g_failures, 1) + 1;
-    if (n > MAX_REPORTED) return;
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "  check failed (%s:%d): %s\n", file, line, msg);
-    if (n == MAX_REPORTED) fprintf(stderr, "  (further failures of this test not shown)\n");
-}
-
-#define CHECK(cond, ...)                                            \
-    do {                                                            \
-        if (!(cond)) failf(__FILE__, __LINE__, __VA_ARGS__);        \
-    } while (0)
-
-#define CHECK_STATUS(got, want, what)                                                   \
-    do {                                                                                \
-        int got_ = (got);                                                               \
-        if (got_ != (want))                                                             \
-            failf(__FILE__, __LINE__, "%s: got %d (%s), want %d (%s)", (what), got_,    \
-                  vram_status_name(got_), (want), vram_status_name(want));              \
-    } while (0)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* The watchdog: async-signal-safe, so only write() and _exit(). */
+/* The watchdog (async-signal-safe: harness.h's write_str and write_int, then _exit). */
 static const char *volatile g_current_test = "";
 static unsigned g_timeout_s = 120;
-
-static void write_str(const char *s) {
-    ssize_t ignored = write(STDOUT_FILENO, s, strlen(s));
-    (void)ignored;
-}
-
-static void write_int(int v) {
-    char buf[16];
-    int i = (int)sizeof buf;
-    buf[--i] = '\0';
-    do buf[--i] = (char)('0' + v % 10); while ((v /= 10) > 0 && i > 0);
-    write_str(buf + i);
-}
 
 static void on_timeout(int sig) {
     (void)sig;
@@ -137,10 +124,23 @@ static void on_timeout(int sig) {
     _exit(3);
 }
 
+/* VRAMOBS_STRESS_ONLY=<name>[,<name>...]: run only those tests (select_backend and
+ * final_state always run), to replay one with its seed. */
+static bool selected(const char *name) {
+    const char *only = getenv("VRAMOBS_STRESS_ONLY");
+    if (!only || !*only || strcmp(name, "select_backend") == 0 || strcmp(name, "final_state") == 0)
+        return true;
+    size_t n = strlen(name);
+    for (const char *p = only; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == only || p[-1] == ',') && (p[n] == '\0' || p[n] == ',')) return true;
+    return false;
+}
+
 static void run_test(const char *name, void (*fn)(void)) {
+    if (!selected(name)) return;
     atomic_store(&g_failures, 0);
     g_current_test = name;
-    alarm(g_timeout_s);
+    watchdog_arm(on_timeout, g_timeout_s);
     double t0 = now_s();
     fn();
     double dt = now_s() - t0;
@@ -156,35 +156,6 @@ static void run_test(const char *name, void (*fn)(void)) {
     fflush(stdout);
 }
 
-/* xorshift64* (Vigna). */
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-static rng rng_for(uint64_t stream) {
-    rng r = {g_seed ^ (stream * 0x9E3779B97F4A7C15ull)};
-    if (r.s == 0) r.s = 0x2545F4914F6CDD1Dull;
-    return r;
-}
-
-static uint64_t next(rng *r) {
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return r->s * 0x2545F4914F6CDD1Dull;
-}
-
-static size_t below(rng *r, size_t n) { return (size_t)(next(r) % n); }
-
-/* Fresh pseudo-random bytes, never zero, so that untouched (zeroed) memory never passes. */
-static void fill(rng *r, unsigned char *p, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint64_t v = next(r);
-        for (int k = 0; k < 8 && i < n; k++, i++, v >>= 8) p[i] = (unsigned char)(1 + (v & 0xff) % 255);
-    }
-}
-
 /* A size with small, medium and large allocations. */
 static size_t random_size(rng *r) {
     switch (below(r, 10)) {
@@ -198,12 +169,6 @@ static const char *reason_of_last_error(void) {
     vram_error_info e;
     vram_last_error(&e);
     return vram_reason_name(e.reason);
-}
-
-static int last_reason(void) {
-    vram_error_info e;
-    vram_last_error(&e);
-    return e.reason;
 }
 
 static vram_registry_stats registry(void) {
@@ -837,6 +802,1498 @@ static void test_select_toggle_race(void) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Helpers of the pool, pinned, staging and multi-device tests                               */
+/* ---------------------------------------------------------------------------------------- */
+
+static int device_count(void) {
+    int n = 0;
+    CHECK_STATUS(vram_device_count(&n), VRAM_SUCCESS, "vram_device_count");
+    return n;
+}
+
+static int on_host_backend(void) { return strcmp(g_backend, "host") == 0; }
+
+/* A control function of tests/fakecuda, when the CUDA backend runs over it; NULL otherwise. */
+static void *fake_symbol(const char *name) {
+    const char *driver = getenv("VRAMOBS_CUDA_DRIVER");
+    if (on_host_backend() || !driver || !*driver) return NULL;
+    void *lib = dlopen(driver, RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) return NULL;
+    void *fn = dlsym(lib, name);
+    dlclose(lib); /* a NOLOAD handle: the library stays loaded by libvram_ops */
+    return fn;
+}
+
+/* fakecuda_live_streams() and the like; -1 without the fake driver. */
+static long fake_count(const char *name) {
+    void *fn = fake_symbol(name);
+    long (*count)(void) = NULL;
+    if (fn) *(void **)&count = fn;
+    return count ? count() : -1;
+}
+
+/* fakecuda_live_host_bytes() and the like; -1 without the fake driver. */
+static long long fake_bytes(const char *name) {
+    void *fn = fake_symbol(name);
+    unsigned long long (*bytes)(void) = NULL;
+    if (fn) *(void **)&bytes = fn;
+    return bytes ? (long long)bytes() : -1;
+}
+
+/* fakecuda_calls(function); -1 without the fake driver. */
+static long fake_calls(const char *function) {
+    void *fn = fake_symbol("fakecuda_calls");
+    long (*calls)(const char *) = NULL;
+    if (fn) *(void **)&calls = fn;
+    return calls ? calls(function) : -1;
+}
+
+static vram_stats op_stats(void) {
+    vram_stats s;
+    memset(&s, 0, sizeof s);
+    CHECK_STATUS(vram_stats_get(-1, &s, sizeof s), VRAM_SUCCESS, "vram_stats_get");
+    return s;
+}
+
+static vram_pool_stats pool_stats(int device) {
+    vram_pool_stats s;
+    memset(&s, 0, sizeof s);
+    CHECK_STATUS(vram_pool_stats_get(device, &s, sizeof s), VRAM_SUCCESS, "vram_pool_stats_get");
+    return s;
+}
+
+static vram_host_stats host_stats(void) {
+    vram_host_stats s;
+    memset(&s, 0, sizeof s);
+    CHECK_STATUS(vram_host_stats_get(&s, sizeof s), VRAM_SUCCESS, "vram_host_stats_get");
+    return s;
+}
+
+/* The device range p must hold the n bytes of stream seed: nobody else wrote into it. want
+ * and got are host scratch of at least n bytes. */
+static void device_check(const unsigned char *p, size_t n, uint64_t seed, unsigned char *want,
+                         unsigned char *got, const char *what) {
+    rng r = rng_for(seed);
+    fill(&r, want, n);
+    memset(got, 0, n);
+    int rc = vram_memcpy_d2h(got, p, n);
+    CHECK_STATUS(rc, VRAM_SUCCESS, what);
+    if (rc == VRAM_SUCCESS)
+        CHECK(memcmp(got, want, n) == 0, "%s: %p (%zu B) does not hold its bytes", what,
+              (const void *)p, n);
+}
+
+/* Write n bytes of stream seed into the device range p and read them back. */
+static void device_write(unsigned char *p, size_t n, uint64_t seed, unsigned char *want,
+                         unsigned char *got, const char *what) {
+    rng r = rng_for(seed);
+    fill(&r, want, n);
+    CHECK_STATUS(vram_memcpy_h2d(p, want, n), VRAM_SUCCESS, what);
+    device_check(p, n, seed, want, got, what);
+}
+
+/* The device range must equal the host bytes want (got: scratch). */
+static void device_equals(const unsigned char *p, const unsigned char *want, size_t n,
+                          unsigned char *got, const char *what) {
+    memset(got, 0, n);
+    int rc = vram_memcpy_d2h(got, p, n);
+    CHECK_STATUS(rc, VRAM_SUCCESS, what);
+    if (rc == VRAM_SUCCESS)
+        CHECK(memcmp(got, want, n) == 0, "%s: %p (%zu B) read back wrong", what, (const void *)p, n);
+}
+
+/* Nothing live at the end of a test: the registry, and on the fake driver its allocations. */
+static void check_nothing_live(const vram_registry_stats *before, const char *test) {
+    vram_registry_stats after = registry();
+    CHECK(after.live_count == before->live_count && after.live_bytes == before->live_bytes,
+          "%s: %llu live (%llu B) after, %llu (%llu B) before", test,
+          (unsigned long long)after.live_count, (unsigned long long)after.live_bytes,
+          (unsigned long long)before->live_count, (unsigned long long)before->live_bytes);
+    CHECK(after.allocs_total - before->allocs_total == after.frees_total - before->frees_total,
+          "%s: allocs +%llu, frees +%llu", test,
+          (unsigned long long)(after.allocs_total - before->allocs_total),
+          (unsigned long long)(after.frees_total - before->frees_total));
+    CHECK(after.lost_total == before->lost_total && after.stale_evicted_total == before->stale_evicted_total,
+          "%s: %llu lost, %llu evicted as stale", test,
+          (unsigned long long)(after.lost_total - before->lost_total),
+          (unsigned long long)(after.stale_evicted_total - before->stale_evicted_total));
+    long fake = fake_count("fakecuda_live_allocations");
+    if (before->live_count == 0 && fake >= 0)
+        CHECK(fake == 0, "%s: the fake driver still holds %ld allocations", test, fake);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* pool_churn: the device pool under allocation churn, trims, bound flips and batches        */
+/* ---------------------------------------------------------------------------------------- */
+
+#define POOL_SLOTS 4
+#define POOL_BATCH 6
+#define POOL_MAX_ALLOC (((size_t)5 << 20) / 4) /* 1.25 MiB: a block of the 2 MiB page class */
+#define HUGE_REQUEST ((size_t)1 << 40)          /* more than any device has: out of memory */
+
+typedef struct pool_churn {
+    int device;
+    int workers;
+    atomic_int workers_left;
+    atomic_long batches_ok, batches_out_of_memory, batches_refused, trims;
+} pool_churn;
+
+typedef struct pool_slot {
+    unsigned char *p;
+    uint64_t generation; /* 0: freed with vram_free */
+    size_t size;
+    uint64_t seed; /* of its bytes */
+} pool_slot;
+
+typedef struct pool_worker {
+    rng r;
+    uint64_t stream, next_seed;
+    pool_slot slots[POOL_SLOTS];
+    unsigned char *want, *got;
+} pool_worker;
+
+/* Sizes across the pool's classes: 256 B steps, quarter powers of two, 2 MiB pages. */
+static size_t pool_size(rng *r) {
+    size_t roll = below(r, 32);
+    if (roll < 12) return 1 + below(r, 1024);
+    if (roll < 24) return 1025 + below(r, (size_t)63 << 10);
+    if (roll < 31) return ((size_t)64 << 10) + below(r, (size_t)448 << 10);
+    return ((size_t)1 << 20) + 1 + below(r, POOL_MAX_ALLOC - ((size_t)1 << 20));
+}
+
+static uint64_t pool_seed(pool_worker *w) { return (w->stream << 32) | w->next_seed++; }
+
+/* A fresh allocation: written whole, read back, and one byte past its request refused
+ * whatever the size of the block behind it. */
+static void pool_take(pool_worker *w, pool_slot *s, unsigned char *p, uint64_t generation,
+                      size_t size) {
+    *s = (pool_slot){p, generation, size, pool_seed(w)};
+    device_write(p, size, s->seed, w->want, w->got, "write of a pooled allocation");
+    CHECK_STATUS(vram_memcpy_h2d(p + size - 1, w->want, 2), VRAM_ERR_OUT_OF_BOUNDS,
+                 "h2d one byte past a pooled allocation");
+}
+
+static void pool_release_slot(pool_worker *w, pool_slot *s) {
+    device_check(s->p, s->size, s->seed, w->want, w->got, "a pooled allocation before its free");
+    if (s->generation && below(&w->r, 4) != 0)
+        CHECK_STATUS(vram_free_ex(s->p, s->generation), VRAM_SUCCESS, "vram_free_ex (pool on)");
+    else
+        CHECK_STATUS(vram_free(s->p), VRAM_SUCCESS, "vram_free (pool on)");
+    s->p = NULL;
+}
+
+static void pool_alloc_slot(pool_worker *w, pool_slot *s) {
+    size_t size = pool_size(&w->r);
+    void *p = w; /* must be overwritten */
+    uint64_t generation = 0;
+    bool with_generation = below(&w->r, 2);
+    int rc = with_generation ? vram_malloc_ex(&p, size, (uint32_t)below(&w->r, VRAM_MAX_TAGS), &generation)
+                             : vram_malloc(&p, size);
+    CHECK_STATUS(rc, VRAM_SUCCESS, "malloc (pool on)");
+    if (rc != VRAM_SUCCESS) {
+        CHECK(p == NULL, "a failed malloc left *ptr %p", p);
+        return;
+    }
+    pool_take(w, s, p, generation, size);
+}
+
+/* All or nothing: a batch that fails part-way (an element larger than the device, after
+ * others were made) or is refused (a zero size) leaves every output NULL and nothing made. */
+static void pool_batch(pool_churn *pc, pool_worker *w) {
+    size_t count = 1 + below(&w->r, POOL_BATCH), sizes[POOL_BATCH];
+    void *ptrs[POOL_BATCH];
+    uint64_t generations[POOL_BATCH];
+    for (size_t i = 0; i < count; i++) {
+        sizes[i] = pool_size(&w->r);
+        ptrs[i] = w; /* must be overwritten */
+        generations[i] = 12345;
+    }
+    size_t failing = below(&w->r, 4), bad = below(&w->r, count);
+    if (failing == 0) sizes[bad] = HUGE_REQUEST;
+    if (failing == 1) sizes[bad] = 0;
+    bool with_generations = below(&w->r, 2);
+    int rc = vram_malloc_batch(ptrs, sizes, count, (uint32_t)below(&w->r, VRAM_MAX_TAGS),
+                               with_generations ? generations : NULL);
+    int want = failing == 0 ? VRAM_ERR_ALLOCATION_FAILED
+               : failing == 1 ? VRAM_ERR_INVALID_PARAMETERS : VRAM_SUCCESS;
+    CHECK(rc == want, "vram_malloc_batch of %zu (element %zu: %zu B): got %d (%s), want %d", count,
+          bad, sizes[bad], rc, vram_status_name(rc), want);
+    if (rc != VRAM_SUCCESS) {
+        for (size_t i = 0; i < count; i++)
+            CHECK(ptrs[i] == NULL && (!with_generations || generations[i] == 0),
+                  "a failed batch left element %zu at %p generation %llu", i, ptrs[i],
+                  (unsigned long long)generations[i]);
+        vram_error_info e;
+        vram_last_error(&e);
+        CHECK(e.status == rc && e.op == VRAM_OP_MALLOC &&
+                  e.reason == (failing == 1 ? VRAM_REASON_ZERO_SIZE : VRAM_REASON_NONE),
+              "a failed batch's last error: status %d op %d reason %s", e.status, e.op,
+              vram_reason_name(e.reason));
+        atomic_fetch_add(rc == VRAM_ERR_ALLOCATION_FAILED ? &pc->batches_out_of_memory
+                                                          : &pc->batches_refused, 1);
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        CHECK(ptrs[i] != NULL && (!with_generations || generations[i] != 0),
+              "batch element %zu: %p generation %llu", i, ptrs[i], (unsigned long long)generations[i]);
+        for (size_t j = 0; j < i; j++)
+            CHECK(ptrs[j] != ptrs[i] && (!with_generations || generations[j] != generations[i]),
+                  "batch elements %zu and %zu are one allocation", j, i);
+    }
+    pool_slot made[POOL_BATCH];
+    for (size_t i = 0; i < count; i++)
+        if (ptrs[i]) pool_take(w, &made[i], ptrs[i], with_generations ? generations[i] : 0, sizes[i]);
+    for (size_t i = 0; i < count; i++)
+        if (ptrs[i]) pool_release_slot(w, &made[i]);
+    atomic_fetch_add(&pc->batches_ok, 1);
+}
+
+static void pool_worker_run(pool_churn *pc, int index) {
+    pool_worker w;
+    memset(&w, 0, sizeof w);
+    w.stream = 0x600 + (uint64_t)index;
+    w.r = rng_for(w.stream);
+    w.want = malloc(POOL_MAX_ALLOC + 1);
+    w.got = malloc(POOL_MAX_ALLOC + 1);
+    CHECK(w.want && w.got, "out of host memory");
+    for (long i = 0; w.want && w.got && i < g_iterations / 16; i++) {
+        pool_slot *s = &w.slots[below(&w.r, POOL_SLOTS)];
+        size_t roll = below(&w.r, 8);
+        if (roll == 0)
+            pool_batch(pc, &w);
+        else if (!s->p)
+            pool_alloc_slot(&w, s);
+        else if (roll < 3)
+            device_check(s->p, s->size, s->seed, w.want, w.got, "a live pooled allocation");
+        else
+            pool_release_slot(&w, s);
+    }
+    for (int i = 0; i < POOL_SLOTS; i++)
+        if (w.slots[i].p) pool_release_slot(&w, &w.slots[i]);
+    free(w.want);
+    free(w.got);
+}
+
+/* What must hold of any one device's pool at any moment. */
+static void check_pool_snapshot(const vram_pool_stats *s, const vram_pool_stats *prev, int workers) {
+    CHECK(s->struct_size == sizeof *s, "pool struct_size %u", s->struct_size);
+    CHECK(s->enabled == (s->max_cached_bytes > 0), "pool enabled %u with bound %llu", s->enabled,
+          (unsigned long long)s->max_cached_bytes);
+    CHECK(s->cached_bytes <= s->max_cached_bytes, "pool caches %llu B over its bound %llu",
+          (unsigned long long)s->cached_bytes, (unsigned long long)s->max_cached_bytes);
+    CHECK((s->cached_blocks == 0) == (s->cached_bytes == 0) &&
+              s->cached_bytes >= s->cached_blocks * VRAM_ALIGNMENT,
+          "pool caches %llu blocks of %llu B", (unsigned long long)s->cached_blocks,
+          (unsigned long long)s->cached_bytes);
+    CHECK(s->live_blocks <= (uint64_t)workers * (POOL_SLOTS + POOL_BATCH),
+          "%llu pool blocks handed out, at most %d held", (unsigned long long)s->live_blocks,
+          workers * (POOL_SLOTS + POOL_BATCH));
+    CHECK(s->oom_give_ups_total <= s->oom_retries_total && s->dropped_bytes_total == 0,
+          "pool: %llu give-ups of %llu retries, %llu B dropped", (unsigned long long)s->oom_give_ups_total,
+          (unsigned long long)s->oom_retries_total, (unsigned long long)s->dropped_bytes_total);
+    if (prev)
+        CHECK(s->hits_total >= prev->hits_total && s->misses_total >= prev->misses_total &&
+                  s->released_bytes_total >= prev->released_bytes_total &&
+                  s->oom_retries_total >= prev->oom_retries_total,
+              "pool totals went backwards");
+}
+
+/* Trims of one device and of all, and bound changes (0 turns the pool off), now and then. */
+static void pool_trimmer(pool_churn *pc) {
+    static const uint64_t keeps[] = {0, (uint64_t)64 << 10, (uint64_t)1 << 20};
+    static const uint64_t bounds[] = {0, (uint64_t)256 << 10, (uint64_t)4 << 20, (uint64_t)32 << 20};
+    rng r = rng_for(0x5000);
+    int devices = device_count();
+    while (atomic_load(&pc->workers_left) > 0) {
+        int device = below(&r, 3) == 0 ? -1 : pc->device;
+        CHECK_STATUS(vram_pool_trim(device, keeps[below(&r, 3)]), VRAM_SUCCESS, "vram_pool_trim");
+        CHECK_STATUS(vram_pool_set(pc->device, bounds[below(&r, 4)]), VRAM_SUCCESS, "vram_pool_set");
+        atomic_fetch_add(&pc->trims, 1);
+        if (below(&r, 8) == 0) {
+            EXPECT(vram_pool_set(devices, 1 << 20), VRAM_ERR_INVALID_PARAMETERS,
+                   VRAM_REASON_INVALID_DEVICE, "vram_pool_set of a device that does not exist");
+            EXPECT(vram_pool_set(-1, 1 << 20), VRAM_ERR_INVALID_PARAMETERS,
+                   VRAM_REASON_INVALID_DEVICE, "vram_pool_set(-1)");
+            EXPECT(vram_pool_trim(-2, 0), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_DEVICE,
+                   "vram_pool_trim(-2)");
+        }
+        sleep_us(1000 + (long)below(&r, 2000));
+    }
+}
+
+static void pool_watcher(pool_churn *pc) {
+    vram_pool_stats prev, s;
+    bool have_prev = false;
+    int devices = device_count();
+    while (atomic_load(&pc->workers_left) > 0) {
+        CHECK_STATUS(vram_pool_stats_get(pc->device, &s, sizeof s), VRAM_SUCCESS, "vram_pool_stats_get");
+        check_pool_snapshot(&s, have_prev ? &prev : NULL, pc->workers);
+        prev = s;
+        have_prev = true;
+        vram_pool_stats all;
+        CHECK_STATUS(vram_pool_stats_get(-1, &all, sizeof all), VRAM_SUCCESS, "vram_pool_stats_get(-1)");
+        CHECK(all.enabled <= (uint32_t)devices, "%u pools on, %d devices", all.enabled, devices);
+        CHECK_STATUS(vram_pool_stats_get(pc->device, &s, sizeof s - 1), VRAM_ERR_INVALID_PARAMETERS,
+                     "vram_pool_stats_get with a short struct");
+        CHECK_STATUS(vram_pool_stats_get(VRAM_MAX_DEVICES, &s, sizeof s), VRAM_ERR_INVALID_PARAMETERS,
+                     "vram_pool_stats_get of device VRAM_MAX_DEVICES");
+        sched_yield();
+    }
+}
+
+static void *pool_thread(void *arg) {
+    worker *me = arg;
+    pool_churn *pc = me->arg;
+    if (me->index < pc->workers) {
+        pool_worker_run(pc, me->index);
+        atomic_fetch_sub(&pc->workers_left, 1);
+    } else if (me->index == pc->workers) {
+        pool_trimmer(pc);
+    } else {
+        pool_watcher(pc);
+    }
+    return NULL;
+}
+
+/* One thread, exact: a block freed under the wipe policy is zeroed before it is cached and
+ * comes back to the next allocation of its class; bytes past a request stay out of bounds;
+ * an allocation made with the pool off is not cached; lowering the bound releases blocks,
+ * largest first, counted as pool_trim. */
+static void pool_exact(int device) {
+    unsigned char want[8192], got[8192];
+    CHECK_STATUS(vram_pool_trim(device, 0), VRAM_SUCCESS, "vram_pool_trim to 0");
+    CHECK_STATUS(vram_pool_set(device, 0), VRAM_SUCCESS, "vram_pool_set(0): off");
+    void *unpooled = NULL;
+    uint64_t unpooled_generation = 0;
+    CHECK_STATUS(vram_malloc_ex(&unpooled, 4096, 0, &unpooled_generation), VRAM_SUCCESS,
+                 "malloc with the pool off");
+    CHECK_STATUS(vram_pool_set(device, (uint64_t)1 << 20), VRAM_SUCCESS, "vram_pool_set(1 MiB)");
+    CHECK_STATUS(vram_free_ex(unpooled, unpooled_generation), VRAM_SUCCESS, "free of an unpooled allocation");
+    vram_pool_stats s = pool_stats(device);
+    CHECK(s.cached_bytes == 0, "an allocation made with the pool off was cached (%llu B)",
+          (unsigned long long)s.cached_bytes);
+
+    void *p = NULL, *q = NULL, *odd = NULL;
+    uint64_t pg = 0, qg = 0, oddg = 0;
+    CHECK_STATUS(vram_malloc_ex(&p, 4096, 9, &pg), VRAM_SUCCESS, "malloc of 4096 B");
+    if (!p) return;
+    device_write(p, 4096, 0x7001, want, got, "write of 4096 B");
+    CHECK_STATUS(vram_set_allocation_wipe(p, pg, VRAM_WIPE_ON_FREE), VRAM_SUCCESS, "set_allocation_wipe");
+    uint64_t wipes = op_stats().ops[VRAM_OP_WIPE].by_status[VRAM_SUCCESS];
+    CHECK_STATUS(vram_free_ex(p, pg), VRAM_SUCCESS, "free of a wiped allocation into the pool");
+    s = pool_stats(device);
+    CHECK(s.cached_bytes == 4096 && s.cached_blocks == 1, "cached %llu B in %llu blocks, want one of 4096",
+          (unsigned long long)s.cached_bytes, (unsigned long long)s.cached_blocks);
+    CHECK(op_stats().ops[VRAM_OP_WIPE].by_status[VRAM_SUCCESS] == wipes + 1, "the free did not wipe");
+    uint64_t hits = s.hits_total;
+    CHECK_STATUS(vram_malloc_ex(&q, 4096, 9, &qg), VRAM_SUCCESS, "malloc of 4096 B from the cache");
+    s = pool_stats(device);
+    CHECK(q == p && qg != pg && s.hits_total == hits + 1 && s.cached_bytes == 0 && s.live_blocks == 1,
+          "the cached block did not serve its class: %p (was %p), hits +%llu, cached %llu B",
+          q, p, (unsigned long long)(s.hits_total - hits), (unsigned long long)s.cached_bytes);
+    if (q) {
+        memset(got, 0xff, 4096);
+        CHECK_STATUS(vram_memcpy_d2h(got, q, 4096), VRAM_SUCCESS, "d2h of the reused block");
+        CHECK(all_zero(got, 4096), "a block freed under VRAM_WIPE_ON_FREE came back from the pool "
+              "holding its bytes");
+    }
+    /* 5200 B takes the 6144 B class: 768 B past the 5376 B the driver's rounding would take. */
+    CHECK_STATUS(vram_malloc_ex(&odd, 5200, 9, &oddg), VRAM_SUCCESS, "malloc of 5200 B");
+    s = pool_stats(device);
+    CHECK(s.slack_bytes == 768 && s.live_blocks == 2, "slack %llu B (want 768) over %llu blocks",
+          (unsigned long long)s.slack_bytes, (unsigned long long)s.live_blocks);
+    if (odd) {
+        CHECK_STATUS(vram_memcpy_h2d((unsigned char *)odd + 5199, want, 2), VRAM_ERR_OUT_OF_BOUNDS,
+                     "h2d past a 5200 B request in a 6144 B block");
+        CHECK_STATUS(vram_free_ex(odd, oddg), VRAM_SUCCESS, "free of 5200 B");
+    }
+    if (q) CHECK_STATUS(vram_free_ex(q, qg), VRAM_SUCCESS, "free of the reused block");
+    s = pool_stats(device);
+    CHECK(s.cached_bytes == 4096 + 6144 && s.live_blocks == 0 && s.slack_bytes == 0,
+          "cached %llu B (want 10240), %llu blocks out, slack %llu", (unsigned long long)s.cached_bytes,
+          (unsigned long long)s.live_blocks, (unsigned long long)s.slack_bytes);
+    vram_op_stats trims = op_stats().ops[VRAM_OP_POOL_TRIM];
+    CHECK_STATUS(vram_pool_set(device, 4096), VRAM_SUCCESS, "lowering the bound to 4096");
+    vram_op_stats trims_after = op_stats().ops[VRAM_OP_POOL_TRIM];
+    s = pool_stats(device);
+    CHECK(s.cached_bytes == 4096 && s.max_cached_bytes == 4096,
+          "after lowering the bound: cached %llu B, bound %llu", (unsigned long long)s.cached_bytes,
+          (unsigned long long)s.max_cached_bytes);
+    CHECK(trims_after.by_status[VRAM_SUCCESS] == trims.by_status[VRAM_SUCCESS] + 1 &&
+              trims_after.bytes_ok == trims.bytes_ok + 6144,
+          "lowering the bound counted %llu trims of %llu B, want 1 of 6144",
+          (unsigned long long)(trims_after.by_status[VRAM_SUCCESS] - trims.by_status[VRAM_SUCCESS]),
+          (unsigned long long)(trims_after.bytes_ok - trims.bytes_ok));
+    CHECK_STATUS(vram_pool_trim(device, 0), VRAM_SUCCESS, "vram_pool_trim to 0");
+    CHECK(op_stats().ops[VRAM_OP_POOL_TRIM].bytes_ok == trims_after.bytes_ok + 4096,
+          "the last trim did not count its 4096 B");
+}
+
+static void test_pool_churn(void) {
+    pool_churn pc;
+    memset(&pc, 0, sizeof pc);
+    pc.device = 0;
+    pc.workers = g_threads - 2;
+    atomic_init(&pc.workers_left, pc.workers);
+    vram_registry_stats before = registry();
+    vram_pool_stats start = pool_stats(pc.device);
+    CHECK_STATUS(vram_pool_set(pc.device, (uint64_t)4 << 20), VRAM_SUCCESS, "vram_pool_set(4 MiB)");
+    run_threads(g_threads, pool_thread, &pc);
+
+    vram_pool_stats s = pool_stats(pc.device);
+    CHECK(s.live_blocks == 0 && s.slack_bytes == 0, "%llu pool blocks still handed out (slack %llu B)",
+          (unsigned long long)s.live_blocks, (unsigned long long)s.slack_bytes);
+    CHECK(s.hits_total > start.hits_total && s.misses_total > start.misses_total,
+          "the pool served nothing: %llu hits, %llu misses",
+          (unsigned long long)(s.hits_total - start.hits_total),
+          (unsigned long long)(s.misses_total - start.misses_total));
+    CHECK(atomic_load(&pc.batches_ok) > 0 && atomic_load(&pc.batches_out_of_memory) > 0 &&
+              atomic_load(&pc.batches_refused) > 0,
+          "batches: %ld made, %ld out of memory, %ld refused", atomic_load(&pc.batches_ok),
+          atomic_load(&pc.batches_out_of_memory), atomic_load(&pc.batches_refused));
+    CHECK_STATUS(vram_pool_trim(-1, 0), VRAM_SUCCESS, "vram_pool_trim(-1, 0)");
+    vram_pool_stats all = pool_stats(-1);
+    CHECK(all.cached_bytes == 0 && all.cached_blocks == 0 && all.live_blocks == 0,
+          "after trimming to 0: %llu B in %llu blocks cached, %llu out", (unsigned long long)all.cached_bytes,
+          (unsigned long long)all.cached_blocks, (unsigned long long)all.live_blocks);
+    check_nothing_live(&before, "pool_churn");
+    printf("     %llu hits, %llu misses, %llu B released, %llu out-of-memory retries; batches: "
+           "%ld made, %ld out of memory, %ld refused; %ld trims\n",
+           (unsigned long long)(s.hits_total - start.hits_total),
+           (unsigned long long)(s.misses_total - start.misses_total),
+           (unsigned long long)(s.released_bytes_total - start.released_bytes_total),
+           (unsigned long long)(s.oom_retries_total - start.oom_retries_total),
+           atomic_load(&pc.batches_ok), atomic_load(&pc.batches_out_of_memory),
+           atomic_load(&pc.batches_refused), atomic_load(&pc.trims));
+
+    pool_exact(pc.device);
+    CHECK_STATUS(vram_pool_set(pc.device, 0), VRAM_SUCCESS, "vram_pool_set(0): off");
+    s = pool_stats(pc.device);
+    CHECK(s.enabled == 0 && s.max_cached_bytes == 0 && s.cached_bytes == 0,
+          "pool left on (%u, bound %llu, %llu B cached)", s.enabled,
+          (unsigned long long)s.max_cached_bytes, (unsigned long long)s.cached_bytes);
+    check_nothing_live(&before, "pool_churn");
+    if (on_host_backend()) {
+        size_t f = 0, t = 0;
+        CHECK_STATUS(vram_get_info(&f, &t), VRAM_SUCCESS, "vram_get_info");
+        CHECK(f == t, "host backend: free %zu of %zu after the pool was trimmed", f, t);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* pinned_churn: pinned blocks and registered buffers as the host side of copies             */
+/* ---------------------------------------------------------------------------------------- */
+
+#define PIN_SLOTS 3
+#define PIN_MAX ((size_t)320 << 10)
+#define PIN_DEVICE_BYTES ((size_t)1 << 20)
+
+typedef struct pinned_churn {
+    int workers;
+    atomic_int workers_left;
+    uint64_t staging_min; /* copies this large would be staged if their host side were pageable */
+    atomic_long round_trips, big_round_trips, registrations, trims;
+} pinned_churn;
+
+typedef struct pin_block {
+    unsigned char *p;
+    size_t size;
+} pin_block;
+
+typedef struct pin_worker {
+    rng r;
+    pin_block blocks[PIN_SLOTS];
+    unsigned char *device; /* PIN_DEVICE_BYTES of device memory, the other side of copies */
+    unsigned char *keep;   /* pageable scratch: what a round trip must bring back */
+} pin_worker;
+
+/* Sizes of many classes, some above the staging threshold pinned_churn sets (64 KiB). */
+static size_t pinned_size(rng *r) {
+    size_t roll = below(r, 16);
+    if (roll < 6) return 1 + below(r, 4096);
+    if (roll < 12) return 4097 + below(r, (size_t)60 << 10);
+    return ((size_t)64 << 10) + below(r, PIN_MAX - ((size_t)64 << 10) + 1);
+}
+
+/* Fresh bytes from page-locked host memory to the device and back into it. */
+static void pinned_round_trip(pinned_churn *pc, pin_worker *w, unsigned char *host, size_t n) {
+    size_t off = below(&w->r, PIN_DEVICE_BYTES - n + 1);
+    fill(&w->r, host, n);
+    memcpy(w->keep, host, n);
+    CHECK_STATUS(vram_memcpy_h2d(w->device + off, host, n), VRAM_SUCCESS, "h2d from pinned memory");
+    memset(host, 0, n);
+    CHECK_STATUS(vram_memcpy_d2h(host, w->device + off, n), VRAM_SUCCESS, "d2h into pinned memory");
+    CHECK(memcmp(host, w->keep, n) == 0, "a round trip of %zu B through pinned memory %p read back wrong",
+          n, (void *)host);
+    atomic_fetch_add(&pc->round_trips, 1);
+    if (n >= pc->staging_min) atomic_fetch_add(&pc->big_round_trips, 1);
+}
+
+static void pin_alloc(pinned_churn *pc, pin_worker *w, pin_block *b) {
+    size_t size = pinned_size(&w->r);
+    void *p = w; /* must be overwritten */
+    int rc = vram_host_alloc(&p, size);
+    CHECK_STATUS(rc, VRAM_SUCCESS, "vram_host_alloc");
+    if (rc != VRAM_SUCCESS) {
+        CHECK(p == NULL, "a failed vram_host_alloc left *ptr %p", p);
+        return;
+    }
+    /* Fresh host-backend pages are zeroed, and a freed block is cleared before reuse (the fake
+     * driver's cuMemHostAlloc, unlike the real one, hands out uncleared memory). */
+    if (on_host_backend())
+        CHECK(all_zero(p, size), "a vram_host_alloc block of %zu B at %p is not clean", size, p);
+    *b = (pin_block){p, size};
+    pinned_round_trip(pc, w, b->p, size);
+}
+
+static void pin_free(pin_worker *w, pin_block *b) {
+    EXPECT(vram_host_free(b->p + 1 + below(&w->r, b->size)), VRAM_ERR_INTERIOR_POINTER,
+           VRAM_REASON_INTERIOR_POINTER, "vram_host_free of an interior pointer");
+    CHECK_STATUS(vram_host_free(b->p), VRAM_SUCCESS, "vram_host_free");
+    b->p = NULL;
+}
+
+/* A caller's buffer (odd address, odd size) registered, refused where it overlaps, used as
+ * the host side of copies, and unregistered. */
+static void pin_register(pinned_churn *pc, pin_worker *w) {
+    size_t n = pinned_size(&w->r), a = below(&w->r, 63);
+    unsigned char *buffer = malloc(n + 64);
+    if (!buffer) {
+        CHECK(0, "out of host memory");
+        return;
+    }
+    unsigned char *p = buffer + a;
+    int rc = vram_host_register(p, n);
+    CHECK_STATUS(rc, VRAM_SUCCESS, "vram_host_register");
+    if (rc != VRAM_SUCCESS) {
+        free(buffer);
+        return;
+    }
+    atomic_fetch_add(&pc->registrations, 1);
+    EXPECT(vram_host_register(p, n), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP,
+           "registering a registered range again");
+    size_t inner = below(&w->r, n);
+    EXPECT(vram_host_register(p + inner, n - inner + 1), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_OVERLAP, "registering a range overlapping a registered one");
+    pinned_round_trip(pc, w, p, n);
+    if (n > 1)
+        EXPECT(vram_host_unregister(p + 1 + below(&w->r, n - 1)), VRAM_ERR_INTERIOR_POINTER,
+               VRAM_REASON_INTERIOR_POINTER, "vram_host_unregister of an interior pointer");
+    CHECK_STATUS(vram_host_unregister(p), VRAM_SUCCESS, "vram_host_unregister");
+    EXPECT(vram_host_unregister(p), VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER,
+           "vram_host_unregister of a range no longer registered");
+    free(buffer);
+}
+
+static void pin_refusals(pin_worker *w) {
+    void *p = w;
+    EXPECT(vram_host_alloc(NULL, 64), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER,
+           "vram_host_alloc(NULL)");
+    EXPECT(vram_host_alloc(&p, 0), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE,
+           "vram_host_alloc of 0 bytes");
+    CHECK(p == NULL, "a refused vram_host_alloc left *ptr %p", p);
+    EXPECT(vram_host_alloc(&p, SIZE_MAX), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_SIZE_OVERFLOW,
+           "vram_host_alloc(SIZE_MAX)");
+    EXPECT(vram_host_free(w->keep), VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER,
+           "vram_host_free of pageable memory");
+    CHECK_STATUS(vram_host_free(NULL), VRAM_SUCCESS, "vram_host_free(NULL)");
+    EXPECT(vram_host_register(NULL, 64), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER,
+           "vram_host_register(NULL)");
+    EXPECT(vram_host_register(w->keep, 0), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE,
+           "vram_host_register of 0 bytes");
+    EXPECT(vram_host_register((void *)(UINTPTR_MAX - 63), 128), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_RANGE_WRAP, "vram_host_register of a wrapping range");
+    EXPECT(vram_host_unregister(w->keep), VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER,
+           "vram_host_unregister of a range never registered");
+    EXPECT(vram_host_unregister(NULL), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER,
+           "vram_host_unregister(NULL)");
+}
+
+static void pin_worker_run(pinned_churn *pc, int index) {
+    pin_worker w;
+    memset(&w, 0, sizeof w);
+    w.r = rng_for(0x700 + (uint64_t)index);
+    w.keep = malloc(PIN_MAX);
+    int devices = device_count();
+    void *device = NULL;
+    CHECK_STATUS(vram_set_device(devices ? index % devices : 0), VRAM_SUCCESS, "vram_set_device");
+    CHECK_STATUS(vram_malloc(&device, PIN_DEVICE_BYTES), VRAM_SUCCESS, "malloc of the device side");
+    CHECK(w.keep != NULL, "out of host memory");
+    w.device = device;
+    for (long i = 0; w.keep && w.device && i < g_iterations / 10; i++) {
+        pin_block *b = &w.blocks[below(&w.r, PIN_SLOTS)];
+        switch (below(&w.r, 8)) {
+        case 0: case 1: case 2:
+            if (!b->p)
+                pin_alloc(pc, &w, b);
+            else { /* a sub-range of the block */
+                size_t off = below(&w.r, b->size);
+                pinned_round_trip(pc, &w, b->p + off, 1 + below(&w.r, b->size - off));
+            }
+            break;
+        case 3:
+            if (b->p) pin_free(&w, b);
+            break;
+        case 4: case 5:
+            pin_register(pc, &w);
+            break;
+        case 6:
+            if (b->p) { /* a block in use is no caller's buffer to register */
+                size_t inner = below(&w.r, b->size);
+                EXPECT(vram_host_register(b->p + inner, 1 + below(&w.r, b->size - inner)),
+                       VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP,
+                       "registering a range of a vram_host_alloc block");
+            }
+            break;
+        default:
+            pin_refusals(&w);
+        }
+    }
+    for (int i = 0; i < PIN_SLOTS; i++)
+        if (w.blocks[i].p) pin_free(&w, &w.blocks[i]);
+    if (device) CHECK_STATUS(vram_free(device), VRAM_SUCCESS, "free of the device side");
+    CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
+    free(w.keep);
+}
+
+/* Trims of the cache and snapshots of the books while blocks come and go. */
+static void pin_trimmer(pinned_churn *pc) {
+    static const size_t keeps[] = {0, (size_t)256 << 10, (size_t)4 << 20};
+    rng r = rng_for(0x7100);
+    while (atomic_load(&pc->workers_left) > 0) {
+        CHECK_STATUS(vram_host_trim(keeps[below(&r, 3)]), VRAM_SUCCESS, "vram_host_trim");
+        atomic_fetch_add(&pc->trims, 1);
+        vram_host_stats s = host_stats();
+        CHECK(s.struct_size == sizeof s, "host stats struct_size %u", s.struct_size);
+        CHECK(s.live_bytes >= s.live_count * 4096 && s.live_count <= (uint64_t)pc->workers * PIN_SLOTS,
+              "%llu pinned blocks live in %llu B", (unsigned long long)s.live_count,
+              (unsigned long long)s.live_bytes);
+        CHECK(s.registered_count <= (uint64_t)pc->workers &&
+                  (s.registered_count == 0) == (s.registered_bytes == 0) &&
+                  s.registered_bytes >= s.registered_count,
+              "%llu registered ranges of %llu B", (unsigned long long)s.registered_count,
+              (unsigned long long)s.registered_bytes);
+        CHECK_STATUS(vram_host_stats_get(&s, sizeof s - 1), VRAM_ERR_INVALID_PARAMETERS,
+                     "vram_host_stats_get with a short struct");
+        CHECK_STATUS(vram_host_stats_get(NULL, sizeof s), VRAM_ERR_INVALID_PARAMETERS,
+                     "vram_host_stats_get(NULL)");
+        sleep_us(1000 + (long)below(&r, 2000));
+    }
+}
+
+static void *pinned_thread(void *arg) {
+    worker *me = arg;
+    pinned_churn *pc = me->arg;
+    if (me->index < pc->workers) {
+        pin_worker_run(pc, me->index);
+        atomic_fetch_sub(&pc->workers_left, 1);
+    } else {
+        pin_trimmer(pc);
+    }
+    return NULL;
+}
+
+static void test_pinned_churn(void) {
+    pinned_churn pc;
+    memset(&pc, 0, sizeof pc);
+    pc.workers = g_threads - 1;
+    atomic_init(&pc.workers_left, pc.workers);
+    /* Staging on, from 64 KiB: pageable copies that large would be staged. */
+    vram_staging_config saved, config = {sizeof config, 2, (uint64_t)64 << 10, (uint64_t)64 << 10, 2, 0};
+    CHECK_STATUS(vram_staging_get(&saved), VRAM_SUCCESS, "vram_staging_get");
+    CHECK_STATUS(vram_staging_set(&config), VRAM_SUCCESS, "vram_staging_set");
+    pc.staging_min = config.min_bytes;
+    vram_registry_stats before = registry();
+    vram_host_stats start = host_stats();
+    long streams = fake_count("fakecuda_live_streams");
+    run_threads(g_threads, pinned_thread, &pc);
+
+    CHECK_STATUS(vram_host_trim(0), VRAM_SUCCESS, "vram_host_trim(0)");
+    vram_host_stats s = host_stats();
+    CHECK(s.live_count == 0 && s.live_bytes == 0 && s.cached_bytes == 0 && s.registered_count == 0 &&
+              s.registered_bytes == 0,
+          "after the churn: %llu blocks live (%llu B), %llu B cached, %llu ranges registered (%llu B)",
+          (unsigned long long)s.live_count, (unsigned long long)s.live_bytes,
+          (unsigned long long)s.cached_bytes, (unsigned long long)s.registered_count,
+          (unsigned long long)s.registered_bytes);
+    /* Copies from and to page-locked memory skip staging, however large. */
+    CHECK(s.staged_copies_total == start.staged_copies_total,
+          "%llu copies of pinned memory were staged",
+          (unsigned long long)(s.staged_copies_total - start.staged_copies_total));
+    CHECK(atomic_load(&pc.big_round_trips) > 0 && atomic_load(&pc.registrations) > 0,
+          "%ld round trips of at least %llu B, %ld registrations: nothing to check",
+          atomic_load(&pc.big_round_trips), (unsigned long long)pc.staging_min,
+          atomic_load(&pc.registrations));
+    CHECK(fake_count("fakecuda_live_streams") == streams, "staging engines were built for pinned copies");
+    long registered = fake_count("fakecuda_live_registrations");
+    long long host_bytes = fake_bytes("fakecuda_live_host_bytes");
+    if (registered >= 0)
+        CHECK(registered == 0 && host_bytes == (long long)s.staging_bytes,
+              "the fake driver holds %ld registrations and %lld page-locked bytes (staging: %llu)",
+              registered, host_bytes, (unsigned long long)s.staging_bytes);
+    check_nothing_live(&before, "pinned_churn");
+    CHECK_STATUS(vram_staging_set(&saved), VRAM_SUCCESS, "vram_staging_set (restore)");
+    printf("     %ld round trips (%ld of at least %llu B, none staged), %ld registrations, %ld trims\n",
+           atomic_load(&pc.round_trips), atomic_load(&pc.big_round_trips),
+           (unsigned long long)pc.staging_min, atomic_load(&pc.registrations), atomic_load(&pc.trims));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* staged_copies: large pageable copies through the staging engines while they are rebuilt   */
+/* ---------------------------------------------------------------------------------------- */
+
+#define STAGE_MAX ((size_t)512 << 10)
+#define GUARD 64
+
+typedef struct staged {
+    int workers;
+    atomic_int workers_left;
+    atomic_long copies, sensitive_copies, config_changes;
+} staged;
+
+/* Copies at odd offsets and sizes, both ways, checked byte for byte; the host buffers' bytes
+ * around each copy must stay untouched, and the whole allocation must match its shadow. */
+static void stage_worker_run(staged *st, int index) {
+    rng r = rng_for(0x800 + (uint64_t)index);
+    int devices = device_count();
+    size_t size = (STAGE_MAX / 4 + below(&r, STAGE_MAX * 3 / 4)) | 1;
+    unsigned char *src = malloc(size + 2 * GUARD), *dst = malloc(size + 2 * GUARD);
+    unsigned char *shadow = malloc(size);
+    void *device = NULL;
+    uint64_t generation = 0;
+    CHECK_STATUS(vram_set_device(devices ? index % devices : 0), VRAM_SUCCESS, "vram_set_device");
+    CHECK_STATUS(vram_malloc_ex(&device, size, 11, &generation), VRAM_SUCCESS, "malloc for staged copies");
+    CHECK(src && dst && shadow, "out of host memory");
+    unsigned char *p = device;
+    if (p && src && dst && shadow) {
+        fill(&r, shadow, size);
+        CHECK_STATUS(vram_memcpy_h2d(p, shadow, size), VRAM_SUCCESS, "h2d of the whole allocation");
+    }
+    for (long i = 0; p && src && dst && shadow && i < g_iterations / 100 + 4; i++) {
+        bool sensitive = below(&r, 4) == 0;
+        CHECK_STATUS(vram_set_allocation_wipe(p, generation, sensitive ? VRAM_WIPE_ON_FREE : VRAM_WIPE_OFF),
+                     VRAM_SUCCESS, "vram_set_allocation_wipe");
+        size_t off = below(&r, size / 2), len = 1 + below(&r, size - off), at = 1 + below(&r, GUARD - 1);
+        fill(&r, src + at, len);
+        CHECK_STATUS(vram_memcpy_h2d(p + off, src + at, len), VRAM_SUCCESS, "pageable h2d");
+        memcpy(shadow + off, src + at, len);
+        memset(dst, 0x5a, size + 2 * GUARD);
+        CHECK_STATUS(vram_memcpy_d2h(dst + at, p + off, len), VRAM_SUCCESS, "pageable d2h");
+        CHECK(memcmp(dst + at, src + at, len) == 0, "a pageable round trip of %zu B at %zu read back wrong",
+              len, off);
+        bool guards = true;
+        for (size_t k = 0; k < at; k++) guards = guards && dst[k] == 0x5a;
+        for (size_t k = at + len; k < size + 2 * GUARD; k++) guards = guards && dst[k] == 0x5a;
+        CHECK(guards, "a d2h of %zu B wrote outside its host range", len);
+        if (below(&r, 4) == 0) { /* nothing else of the allocation changed */
+            memset(dst, 0, size);
+            CHECK_STATUS(vram_memcpy_d2h(dst, p, size), VRAM_SUCCESS, "d2h of the whole allocation");
+            CHECK(memcmp(dst, shadow, size) == 0, "an h2d wrote outside its device range");
+        }
+        atomic_fetch_add(&st->copies, 2);
+        if (sensitive) atomic_fetch_add(&st->sensitive_copies, 2);
+    }
+    if (p) CHECK_STATUS(vram_free_ex(p, generation), VRAM_SUCCESS, "free after staged copies");
+    CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
+    free(src);
+    free(dst);
+    free(shadow);
+}
+
+static int configs_equal(const vram_staging_config *a, const vram_staging_config *b) {
+    return a->struct_size == b->struct_size && a->threads == b->threads &&
+           a->chunk_bytes == b->chunk_bytes && a->min_bytes == b->min_bytes &&
+           a->buffers == b->buffers && a->reserved_ == b->reserved_;
+}
+
+/* Changes of the configuration (each waits for staged copies in flight, releases the
+ * buffers), and invalid ones refused without a change. */
+static void stage_configurer(staged *st) {
+    static const uint32_t threads[] = {0, 1, 2, 3, 4};
+    static const uint64_t chunks[] = {4096, 65536, 70001, 262144};
+    static const uint64_t mins[] = {1, 4096, 65536};
+    rng r = rng_for(0x8100);
+    while (atomic_load(&st->workers_left) > 0) {
+        sleep_us(1000 + (long)below(&r, 3000));
+        vram_staging_config c = {sizeof c, threads[below(&r, 5)], chunks[below(&r, 4)],
+                                 mins[below(&r, 3)], 1 + (uint32_t)below(&r, 4), 0};
+        CHECK_STATUS(vram_staging_set(&c), VRAM_SUCCESS, "vram_staging_set");
+        vram_staging_config got;
+        CHECK_STATUS(vram_staging_get(&got), VRAM_SUCCESS, "vram_staging_get");
+        CHECK(configs_equal(&got, &c), "vram_staging_get does not answer what was set");
+        vram_staging_config bad = c;
+        switch (below(&r, 6)) {
+        case 0: bad.struct_size = sizeof bad - 8; break;
+        case 1: bad.threads = 65; break;
+        case 2: bad.chunk_bytes = 4095; break;
+        case 3: bad.chunk_bytes = ((uint64_t)1 << 30) + 1; break;
+        case 4: bad.buffers = below(&r, 2) ? 0 : 17; break;
+        default: bad.reserved_ = 1; break;
+        }
+        EXPECT(vram_staging_set(&bad), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_CONFIG,
+               "vram_staging_set of an invalid configuration");
+        EXPECT(vram_staging_set(NULL), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER,
+               "vram_staging_set(NULL)");
+        CHECK_STATUS(vram_staging_get(&got), VRAM_SUCCESS, "vram_staging_get");
+        CHECK(configs_equal(&got, &c), "a refused vram_staging_set changed the configuration");
+        atomic_fetch_add(&st->config_changes, 1);
+    }
+}
+
+static void *staged_thread(void *arg) {
+    worker *me = arg;
+    staged *st = me->arg;
+    if (me->index < st->workers) {
+        stage_worker_run(st, me->index);
+        atomic_fetch_sub(&st->workers_left, 1);
+    } else {
+        stage_configurer(st);
+    }
+    return NULL;
+}
+
+/* One thread, exact, over the fake driver: a 1 MiB copy goes through the engine in chunks of
+ * at most chunk_bytes (async copies only); a sensitive one clears the staging bytes; the
+ * engines hold threads x buffers x chunk_bytes per direction; smaller and pinned copies go to
+ * the driver directly; turning staging off releases every buffer, stream and event. */
+static void staged_exact(void) {
+    const size_t n = (size_t)1 << 20;
+    vram_staging_config off = {sizeof off, 0, 65536, 4096, 2, 0};
+    vram_staging_config on = {sizeof on, 2, 65536, 4096, 2, 0};
+    CHECK_STATUS(vram_staging_set(&off), VRAM_SUCCESS, "vram_staging_set(off)");
+    vram_host_stats s0 = host_stats();
+    bool fake = fake_symbol("fakecuda_calls") != NULL; /* else a real driver: counts unknown */
+    long streams = fake_count("fakecuda_live_streams"), events = fake_count("fakecuda_live_events");
+    CHECK(s0.staging_bytes == 0, "%llu staging bytes held with staging off",
+          (unsigned long long)s0.staging_bytes);
+    unsigned char *src = malloc(n), *dst = malloc(n);
+    void *p = NULL, *pinned = NULL;
+    uint64_t generation = 0;
+    CHECK_STATUS(vram_malloc_ex(&p, n, 12, &generation), VRAM_SUCCESS, "malloc of 1 MiB");
+    CHECK_STATUS(vram_host_alloc(&pinned, n), VRAM_SUCCESS, "vram_host_alloc of 1 MiB");
+    if (!src || !dst || !p || !pinned) {
+        CHECK(src && dst, "out of host memory");
+        free(src);
+        free(dst);
+        vram_free(p);
+        vram_host_free(pinned);
+        return;
+    }
+    CHECK_STATUS(vram_set_allocation_wipe(p, generation, VRAM_WIPE_ON_FREE), VRAM_SUCCESS,
+                 "vram_set_allocation_wipe");
+    CHECK_STATUS(vram_staging_set(&on), VRAM_SUCCESS, "vram_staging_set(on)");
+    rng r = rng_for(0x8200);
+    fill(&r, src, n);
+    long htod = fake_calls("cuMemcpyHtoD"), dtoh = fake_calls("cuMemcpyDtoH");
+    long htod_async = fake_calls("cuMemcpyHtoDAsync"), dtoh_async = fake_calls("cuMemcpyDtoHAsync");
+    CHECK_STATUS(vram_memcpy_h2d(p, src, n), VRAM_SUCCESS, "staged h2d of 1 MiB");
+    memset(dst, 0, n);
+    CHECK_STATUS(vram_memcpy_d2h(dst, p, n), VRAM_SUCCESS, "staged d2h of 1 MiB");
+    CHECK(memcmp(dst, src, n) == 0, "a staged round trip of 1 MiB read back wrong");
+    vram_host_stats s1 = host_stats();
+    CHECK(s1.staged_copies_total == s0.staged_copies_total + 2, "%llu staged copies, want 2",
+          (unsigned long long)(s1.staged_copies_total - s0.staged_copies_total));
+    CHECK(s1.staging_bytes == 2 * 2 * 2 * 65536, "%llu staging bytes, want 2 directions x 2 threads "
+          "x 2 buffers x 64 KiB", (unsigned long long)s1.staging_bytes);
+    CHECK(s1.staging_cleared_bytes_total > s0.staging_cleared_bytes_total,
+          "staging bytes of a VRAM_WIPE_ON_FREE allocation were not cleared");
+    CHECK(!fake || (fake_calls("cuMemcpyHtoD") == htod && fake_calls("cuMemcpyDtoH") == dtoh &&
+              fake_calls("cuMemcpyHtoDAsync") - htod_async >= (long)(n / 65536) &&
+              fake_calls("cuMemcpyDtoHAsync") - dtoh_async >= (long)(n / 65536)),
+          "staged copies called the driver: %ld HtoD, %ld DtoH, %ld HtoDAsync, %ld DtoHAsync",
+          fake_calls("cuMemcpyHtoD") - htod, fake_calls("cuMemcpyDtoH") - dtoh,
+          fake_calls("cuMemcpyHtoDAsync") - htod_async, fake_calls("cuMemcpyDtoHAsync") - dtoh_async);
+    CHECK(!fake || (fake_count("fakecuda_live_streams") == streams + 4 &&
+                    fake_count("fakecuda_live_events") == events + 8),
+          "the engines hold %ld streams and %ld events, want 4 and 8",
+          fake_count("fakecuda_live_streams") - streams, fake_count("fakecuda_live_events") - events);
+    /* Below min_bytes, and pinned: to the driver directly. */
+    htod = fake_calls("cuMemcpyHtoD");
+    CHECK_STATUS(vram_memcpy_h2d(p, src, 4095), VRAM_SUCCESS, "h2d below min_bytes");
+    memcpy(pinned, src, n);
+    CHECK_STATUS(vram_memcpy_h2d(p, pinned, n), VRAM_SUCCESS, "h2d of 1 MiB of pinned memory");
+    vram_host_stats s2 = host_stats();
+    CHECK(s2.staged_copies_total == s1.staged_copies_total && (!fake || fake_calls("cuMemcpyHtoD") == htod + 2),
+          "copies below min_bytes or from pinned memory were staged");
+    CHECK_STATUS(vram_free_ex(p, generation), VRAM_SUCCESS, "free of 1 MiB");
+    CHECK_STATUS(vram_host_free(pinned), VRAM_SUCCESS, "vram_host_free");
+    CHECK_STATUS(vram_host_trim(0), VRAM_SUCCESS, "vram_host_trim(0)");
+    CHECK_STATUS(vram_staging_set(&off), VRAM_SUCCESS, "vram_staging_set(off)");
+    vram_host_stats s3 = host_stats();
+    CHECK(s3.staging_bytes == 0 && fake_count("fakecuda_live_streams") == streams &&
+              fake_count("fakecuda_live_events") == events,
+          "turning staging off left %llu B, %ld streams, %ld events",
+          (unsigned long long)s3.staging_bytes, fake_count("fakecuda_live_streams") - streams,
+          fake_count("fakecuda_live_events") - events);
+    long host_blocks = fake_count("fakecuda_live_host_allocations");
+    if (host_blocks >= 0)
+        CHECK(host_blocks == 0, "the fake driver holds %ld page-locked blocks with nothing in use",
+              host_blocks);
+    free(src);
+    free(dst);
+}
+
+static void test_staged_copies(void) {
+    staged st;
+    memset(&st, 0, sizeof st);
+    st.workers = g_threads - 1;
+    atomic_init(&st.workers_left, st.workers);
+    vram_staging_config saved, start = {sizeof start, 3, 65536, 4096, 2, 0};
+    CHECK_STATUS(vram_staging_get(&saved), VRAM_SUCCESS, "vram_staging_get");
+    CHECK_STATUS(vram_staging_set(&start), VRAM_SUCCESS, "vram_staging_set");
+    vram_registry_stats before = registry();
+    vram_host_stats s0 = host_stats();
+    run_threads(g_threads, staged_thread, &st);
+    vram_host_stats s1 = host_stats();
+    CHECK(s1.staged_copies_total > s0.staged_copies_total, "no copy was staged");
+    check_nothing_live(&before, "staged_copies");
+    printf("     %ld pageable copies (%ld of VRAM_WIPE_ON_FREE memory), %llu staged, "
+           "%ld configuration changes\n",
+           atomic_load(&st.copies), atomic_load(&st.sensitive_copies),
+           (unsigned long long)(s1.staged_copies_total - s0.staged_copies_total),
+           atomic_load(&st.config_changes));
+    staged_exact();
+    CHECK_STATUS(vram_staging_set(&saved), VRAM_SUCCESS, "vram_staging_set (restore)");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* d2d_migrate: copies between allocations and migrations between two devices               */
+/* ---------------------------------------------------------------------------------------- */
+
+#define CELLS 16
+#define CELL_MAX ((size_t)192 << 10)
+#define RACE_TAG 40
+#define RACE_BYTES (((size_t)3 << 19) + 1000) /* 1.5 MiB + 1000: staged where staging applies */
+
+/* A shared allocation: copies from it hold its lock shared; copies into it, migrations and
+ * its re-creation exclusive (so that no copy ever uses a pointer freed meanwhile). Its owner
+ * tag (1 + index) is its own, to find it in the per-device registry books. */
+typedef struct cell {
+    pthread_rwlock_t lock;
+    unsigned char *p;
+    uint64_t generation;
+    size_t size;
+    int device;
+    uint32_t tag;
+    unsigned char *shadow;
+} cell;
+
+typedef struct own {
+    unsigned char *p;
+    uint64_t generation;
+    int device;
+    unsigned char *shadow; /* CELL_MAX */
+} own;
+
+typedef struct d2d_churn {
+    cell cells[CELLS];
+    int devices;
+    atomic_long copies, migrations, recreations;
+} d2d_churn;
+
+typedef struct d2d_worker {
+    rng r;
+    own mine[2];
+    unsigned char *got; /* CELL_MAX scratch */
+} d2d_worker;
+
+static unsigned char g_not_device[256]; /* memory the registry never saw */
+
+static int other_device(int device, int devices) { return (device + 1) % devices; }
+
+/* The cell's allocation must be on its device, under its tag, alone. */
+static void check_cell_home(const cell *c, int devices) {
+    for (int d = 0; d < devices; d++) {
+        vram_registry_stats s;
+        CHECK_STATUS(vram_registry_stats_get(d, &s, sizeof s), VRAM_SUCCESS, "vram_registry_stats_get");
+        uint64_t want = d == c->device ? 1 : 0;
+        CHECK(s.tag_live_count[c->tag] == want && s.tag_live_bytes[c->tag] == want * c->size,
+              "tag %u: %llu allocations (%llu B) on device %d, want %llu", c->tag,
+              (unsigned long long)s.tag_live_count[c->tag], (unsigned long long)s.tag_live_bytes[c->tag],
+              d, (unsigned long long)want);
+    }
+}
+
+static void cell_make(d2d_churn *dc, cell *c, rng *r, unsigned char *got) {
+    c->size = VRAM_ALIGNMENT + below(r, CELL_MAX - VRAM_ALIGNMENT + 1);
+    c->device = (int)below(r, (size_t)dc->devices);
+    void *p = NULL;
+    CHECK_STATUS(vram_set_device(c->device), VRAM_SUCCESS, "vram_set_device");
+    CHECK_STATUS(vram_malloc_ex(&p, c->size, c->tag, &c->generation), VRAM_SUCCESS, "malloc of a cell");
+    CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
+    c->p = p;
+    if (!p) return;
+    fill(r, c->shadow, c->size);
+    CHECK_STATUS(vram_memcpy_h2d(c->p, c->shadow, c->size), VRAM_SUCCESS, "h2d of a cell");
+    device_equals(c->p, c->shadow, c->size, got, "a fresh cell");
+}
+
+/* A random range [*off, *off + *len) of a size, at most max bytes long. */
+static void pick_range(rng *r, size_t size, size_t max, size_t *off, size_t *len) {
+    *off = below(r, size);
+    size_t room = size - *off < max ? size - *off : max;
+    *len = 1 + below(r, room);
+}
+
+static void cell_to_own(d2d_churn *dc, d2d_worker *w, cell *c) {
+    own *m = &w->mine[below(&w->r, 2)];
+    size_t off, len;
+    pthread_rwlock_rdlock(&c->lock);
+    pick_range(&w->r, c->size, CELL_MAX, &off, &len);
+    size_t at = below(&w->r, CELL_MAX - len + 1);
+    CHECK_STATUS(vram_memcpy_d2d(m->p + at, c->p + off, len), VRAM_SUCCESS, "d2d from a cell");
+    memcpy(m->shadow + at, c->shadow + off, len);
+    pthread_rwlock_unlock(&c->lock);
+    device_equals(m->p + at, m->shadow + at, len, w->got, "a d2d from a cell");
+    atomic_fetch_add(&dc->copies, 1);
+}
+
+static void own_to_cell(d2d_churn *dc, d2d_worker *w, cell *c) {
+    own *m = &w->mine[below(&w->r, 2)];
+    size_t off, len;
+    pthread_rwlock_wrlock(&c->lock);
+    pick_range(&w->r, c->size, CELL_MAX, &off, &len);
+    size_t at = below(&w->r, CELL_MAX - len + 1);
+    CHECK_STATUS(vram_memcpy_d2d(c->p + off, m->p + at, len), VRAM_SUCCESS, "d2d into a cell");
+    memcpy(c->shadow + off, m->shadow + at, len);
+    device_equals(c->p, c->shadow, c->size, w->got, "a cell after a d2d into it");
+    pthread_rwlock_unlock(&c->lock);
+    atomic_fetch_add(&dc->copies, 1);
+}
+
+/* From one cell into another (locks taken in index order), or within one cell. */
+static void cell_to_cell(d2d_churn *dc, d2d_worker *w, size_t from, size_t to) {
+    cell *src = &dc->cells[from], *dst = &dc->cells[to];
+    if (from == to) {
+        pthread_rwlock_wrlock(&dst->lock);
+    } else if (from < to) {
+        pthread_rwlock_rdlock(&src->lock);
+        pthread_rwlock_wrlock(&dst->lock);
+    } else {
+        pthread_rwlock_wrlock(&dst->lock);
+        pthread_rwlock_rdlock(&src->lock);
+    }
+    size_t half = dst->size / 2;
+    if (from == to && half >= 1) { /* one half into the other */
+        size_t len = 1 + below(&w->r, half), a = below(&w->r, half - len + 1),
+               b = half + below(&w->r, dst->size - half - len + 1);
+        size_t s_off = below(&w->r, 2) ? a : b, d_off = s_off == a ? b : a;
+        CHECK_STATUS(vram_memcpy_d2d(dst->p + d_off, dst->p + s_off, len), VRAM_SUCCESS,
+                     "d2d within a cell");
+        memmove(dst->shadow + d_off, dst->shadow + s_off, len);
+        size_t shift = len > 1 ? 1 + below(&w->r, len - 1) : 0;
+        if (shift && s_off + shift + len <= dst->size) /* overlapping: refused, nothing copied */
+            EXPECT(vram_memcpy_d2d(dst->p + s_off + shift, dst->p + s_off, len),
+                   VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP, "d2d of overlapping ranges");
+    } else if (from != to) {
+        size_t off, len;
+        pick_range(&w->r, src->size, dst->size, &off, &len);
+        size_t at = below(&w->r, dst->size - len + 1);
+        CHECK_STATUS(vram_memcpy_d2d(dst->p + at, src->p + off, len), VRAM_SUCCESS, "d2d cell to cell");
+        memcpy(dst->shadow + at, src->shadow + off, len);
+    }
+    device_equals(dst->p, dst->shadow, dst->size, w->got, "a cell after a d2d between cells");
+    pthread_rwlock_unlock(&dst->lock);
+    if (from != to) pthread_rwlock_unlock(&src->lock);
+    atomic_fetch_add(&dc->copies, 1);
+}
+
+/* To the other device (or its own: unchanged); the old generation is refused afterwards. */
+static void cell_migrate(d2d_churn *dc, d2d_worker *w, cell *c) {
+    pthread_rwlock_wrlock(&c->lock);
+    int target = below(&w->r, 5) == 0 ? c->device : other_device(c->device, dc->devices);
+    void *np = w;
+    uint64_t ng = 0;
+    int rc = vram_migrate(c->p, c->generation, target, &np, &ng);
+    CHECK_STATUS(rc, VRAM_SUCCESS, "vram_migrate of a cell");
+    if (rc == VRAM_SUCCESS && target == c->device) {
+        CHECK(np == c->p && ng == c->generation, "a migration to the allocation's own device moved it");
+    } else if (rc == VRAM_SUCCESS) {
+        CHECK(np && np != c->p && ng > c->generation, "migrated to %p generation %llu from %p %llu", np,
+              (unsigned long long)ng, (void *)c->p, (unsigned long long)c->generation);
+        void *again = w;
+        uint64_t again_generation = 1;
+        EXPECT(vram_migrate(c->p, c->generation, c->device, &again, &again_generation),
+               VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER, "vram_migrate of a moved generation");
+        CHECK(again == NULL && again_generation == 0, "a refused migration left %p", again);
+        c->p = np;
+        c->generation = ng;
+        c->device = target;
+        atomic_fetch_add(&dc->migrations, 1);
+    }
+    check_cell_home(c, dc->devices);
+    device_equals(c->p, c->shadow, c->size, w->got, "a cell after its migration");
+    pthread_rwlock_unlock(&c->lock);
+}
+
+static void cell_recreate(d2d_churn *dc, d2d_worker *w, cell *c) {
+    pthread_rwlock_wrlock(&c->lock);
+    device_equals(c->p, c->shadow, c->size, w->got, "a cell before its free");
+    CHECK_STATUS(vram_free_ex(c->p, c->generation), VRAM_SUCCESS, "free of a cell");
+    CHECK_STATUS(vram_free_ex(c->p, c->generation), VRAM_SUCCESS, "free of a freed cell's generation");
+    cell_make(dc, c, &w->r, w->got);
+    check_cell_home(c, dc->devices);
+    pthread_rwlock_unlock(&c->lock);
+    atomic_fetch_add(&dc->recreations, 1);
+}
+
+/* Between the thread's own allocations (across devices), and a migration of one of them. */
+static void own_moves(d2d_churn *dc, d2d_worker *w) {
+    own *a = &w->mine[0], *b = &w->mine[1];
+    size_t off, len;
+    pick_range(&w->r, CELL_MAX, CELL_MAX, &off, &len);
+    size_t at = below(&w->r, CELL_MAX - len + 1);
+    CHECK_STATUS(vram_memcpy_d2d(b->p + at, a->p + off, len), VRAM_SUCCESS, "d2d between own allocations");
+    memcpy(b->shadow + at, a->shadow + off, len);
+    device_equals(b->p + at, b->shadow + at, len, w->got, "a d2d between own allocations");
+    own *m = &w->mine[below(&w->r, 2)];
+    int target = other_device(m->device, dc->devices);
+    void *np = NULL;
+    uint64_t ng = 0;
+    int rc = vram_migrate(m->p, m->generation, target, &np, &ng);
+    CHECK_STATUS(rc, VRAM_SUCCESS, "vram_migrate of an own allocation");
+    if (rc == VRAM_SUCCESS) {
+        m->p = np;
+        m->generation = ng;
+        m->device = target;
+        device_equals(m->p, m->shadow, CELL_MAX, w->got, "an own allocation after its migration");
+    }
+}
+
+/* A d2d running past an allocation's end: 6, or 2 (overlap) should the two ranges touch. */
+static void expect_past_end(unsigned char *dst, const unsigned char *src, size_t n, const char *what) {
+    bool overlap = (uintptr_t)dst < (uintptr_t)src + n && (uintptr_t)src < (uintptr_t)dst + n;
+    EXPECT(vram_memcpy_d2d(dst, src, n), overlap ? VRAM_ERR_INVALID_PARAMETERS : VRAM_ERR_OUT_OF_BOUNDS,
+           overlap ? VRAM_REASON_OVERLAP : VRAM_REASON_OUT_OF_BOUNDS, what);
+}
+
+/* Refused: out of bounds on either side, unknown, NULL, empty, wrapping, bad migrations. */
+static void d2d_refusals(d2d_churn *dc, d2d_worker *w, cell *c) {
+    own *m = &w->mine[below(&w->r, 2)];
+    pthread_rwlock_rdlock(&c->lock);
+    size_t off = below(&w->r, c->size), len = c->size - off + 1;
+    expect_past_end(m->p, c->p + off, len, "d2d from past a cell's end");
+    size_t moff = below(&w->r, CELL_MAX);
+    len = CELL_MAX - moff + 1 < c->size ? CELL_MAX - moff + 1 : c->size + 1;
+    expect_past_end(m->p + moff, c->p, len, "d2d past an allocation's end");
+    EXPECT(vram_memcpy_d2d(m->p, g_not_device, 16), VRAM_ERR_UNKNOWN_POINTER, VRAM_REASON_UNKNOWN_POINTER,
+           "d2d from an unknown pointer");
+    EXPECT(vram_memcpy_d2d(NULL, c->p, 1), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER,
+           "d2d to NULL");
+    EXPECT(vram_memcpy_d2d(m->p, c->p, 0), VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE,
+           "d2d of 0 bytes");
+    EXPECT(vram_memcpy_d2d(m->p, (void *)(UINTPTR_MAX - 15), 64), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_RANGE_WRAP, "d2d of a wrapping range");
+    void *np = w;
+    EXPECT(vram_migrate(c->p, 0, 0, &np, NULL), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_INVALID_GENERATION, "vram_migrate with generation 0");
+    CHECK(np == NULL, "a refused migration left %p", np);
+    EXPECT(vram_migrate(c->p, c->generation, dc->devices, &np, NULL), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_INVALID_DEVICE, "vram_migrate to a device that does not exist");
+    EXPECT(vram_migrate(c->p, c->generation, 0, NULL, NULL), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_NULL_POINTER, "vram_migrate without new_ptr");
+    EXPECT(vram_migrate(c->p + 1, c->generation, 0, &np, NULL), VRAM_ERR_UNKNOWN_POINTER,
+           VRAM_REASON_UNKNOWN_POINTER, "vram_migrate of an interior pointer");
+    pthread_rwlock_unlock(&c->lock);
+}
+
+static void *d2d_churn_thread(void *arg) {
+    worker *me = arg;
+    d2d_churn *dc = me->arg;
+    d2d_worker w;
+    memset(&w, 0, sizeof w);
+    w.r = rng_for(0x900 + (uint64_t)me->index);
+    w.got = malloc(CELL_MAX);
+    bool ok = w.got != NULL;
+    for (int k = 0; k < 2; k++) {
+        own *m = &w.mine[k];
+        m->device = k % dc->devices;
+        m->shadow = malloc(CELL_MAX);
+        void *p = NULL;
+        CHECK_STATUS(vram_set_device(m->device), VRAM_SUCCESS, "vram_set_device");
+        CHECK_STATUS(vram_malloc_ex(&p, CELL_MAX, 0, &m->generation), VRAM_SUCCESS, "malloc of an own allocation");
+        m->p = p;
+        ok = ok && m->shadow && m->p;
+        if (ok) {
+            fill(&w.r, m->shadow, CELL_MAX);
+            CHECK_STATUS(vram_memcpy_h2d(m->p, m->shadow, CELL_MAX), VRAM_SUCCESS, "h2d of an own allocation");
+        }
+    }
+    CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
+    CHECK(ok, "out of memory");
+    for (long i = 0; ok && i < g_iterations / 10; i++) {
+        size_t from = below(&w.r, CELLS);
+        cell *c = &dc->cells[from];
+        switch (below(&w.r, 16)) {
+        case 0: case 1: case 2: case 3: case 4: cell_to_own(dc, &w, c); break;
+        case 5: case 6: own_to_cell(dc, &w, c); break;
+        case 7: case 8: cell_to_cell(dc, &w, from, below(&w.r, 4) ? below(&w.r, CELLS) : from); break;
+        case 9: case 10: case 11: cell_migrate(dc, &w, c); break;
+        case 12: cell_recreate(dc, &w, c); break;
+        case 13: case 14: own_moves(dc, &w); break;
+        default: d2d_refusals(dc, &w, c); break;
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        own *m = &w.mine[k];
+        if (m->p) {
+            device_equals(m->p, m->shadow, CELL_MAX, w.got, "an own allocation before its free");
+            CHECK_STATUS(vram_free_ex(m->p, m->generation), VRAM_SUCCESS, "free of an own allocation");
+        }
+        free(m->shadow);
+    }
+    free(w.got);
+    return NULL;
+}
+
+/* Rounds: readers copy (d2d) out of their slices of one allocation while it is migrated to
+ * the other device by one thread, or while another thread frees it; or two threads migrate it
+ * at once (without readers). Nothing
+ * else allocates during a round, so its address is not reused: a copy returns 0 with the
+ * right bytes or 5. Two migrations of one allocation cannot both succeed (one allocation
+ * would become two); a failed one leaves nothing new. */
+typedef struct migrate_race {
+    unsigned char *base;
+    uint64_t generation;
+    int target, readers, variant;
+    size_t slice;
+    const unsigned char *pattern;
+    unsigned char **dst; /* per reader: slice bytes of device memory */
+    atomic_long copies_ok;
+    atomic_int actors_done, stop;
+    long start_after;
+    atomic_int actors_ready; /* a spinning start: both actors running when they begin */
+    int status[2];
+    void *moved[2];
+    uint64_t moved_generation[2];
+} migrate_race;
+
+static void race_reader(migrate_race *mr, int index) {
+    rng r = rng_for(0xa00000 + (uint64_t)index * 977 + (uint64_t)mr->variant);
+    unsigned char *got = malloc(mr->slice);
+    unsigned char *mine = mr->base + (size_t)index * mr->slice;
+    while (got && !atomic_load(&mr->stop)) {
+        size_t off, len;
+        pick_range(&r, mr->slice, 16384, &off, &len); /* short copies: many pins come and go */
+        size_t at = below(&r, mr->slice - len + 1);
+        int rc = vram_memcpy_d2d(mr->dst[index] + at, mine + off, len);
+        if (rc == VRAM_ERR_UNKNOWN_POINTER) {
+            int reason = last_reason();
+            CHECK(reason == VRAM_REASON_FREED_POINTER ||
+                      (mine + off != mr->base && reason == VRAM_REASON_UNKNOWN_POINTER),
+                  "d2d racing a migration: 5 with reason %s", vram_reason_name(reason));
+            break;
+        }
+        CHECK_STATUS(rc, VRAM_SUCCESS, "d2d racing a migration (0 or 5)");
+        if (rc != VRAM_SUCCESS) break;
+        memset(got, 0, len);
+        CHECK_STATUS(vram_memcpy_d2h(got, mr->dst[index] + at, len), VRAM_SUCCESS, "d2h of a reader's copy");
+        CHECK(memcmp(got, mr->pattern + (size_t)index * mr->slice + off, len) == 0,
+              "a d2d racing a migration copied wrong bytes");
+        atomic_fetch_add(&mr->copies_ok, 1);
+    }
+    free(got);
+}
+
+static void race_actor(migrate_race *mr, int actor) {
+    for (long spins = 0; spins < 200000 && atomic_load(&mr->copies_ok) < mr->start_after; spins++)
+        sched_yield();
+    atomic_fetch_add(&mr->actors_ready, 1);
+    for (long spins = 1; atomic_load(&mr->actors_ready) < 2; spins++)
+        if (spins % 1024 == 0) sched_yield();
+    mr->moved[actor] = mr; /* must be overwritten */
+    mr->moved_generation[actor] = 1;
+    if (actor == 1 && mr->variant == 0) {
+        mr->status[actor] = -1; /* only one migration this round */
+        mr->moved[actor] = NULL;
+        mr->moved_generation[actor] = 0;
+    } else if (actor == 1 && mr->variant == 2) {
+        mr->status[actor] = vram_free_ex(mr->base, mr->generation);
+        mr->moved[actor] = NULL;
+        mr->moved_generation[actor] = 0;
+    } else {
+        mr->status[actor] = vram_migrate(mr->base, mr->generation, mr->target, &mr->moved[actor],
+                                         &mr->moved_generation[actor]);
+    }
+    /* Readers stop at their first 5; should the source stay (no migration), here. */
+    if (atomic_fetch_add(&mr->actors_done, 1) == 1) atomic_store(&mr->stop, 1);
+}
+
+static void *migrate_race_thread(void *arg) {
+    worker *me = arg;
+    migrate_race *mr = me->arg;
+    if (me->index < mr->readers) {
+        race_reader(mr, me->index);
+    } else {
+        race_actor(mr, me->index - mr->readers);
+    }
+    return NULL;
+}
+
+static void migrate_rounds(int devices) {
+    /* Variants by round: one migration, two at once (cheap, and the race needs luck: thrice
+     * as often), one racing a free. */
+    static const int variants[] = {0, 1, 2, 1, 1};
+    long rounds = g_iterations / 100 < 10 ? 10 : g_iterations / 100;
+    /* Eight readers: more only starve the migrating thread of the CPU on small machines. */
+    int readers = g_threads - 2 < 8 ? g_threads - 2 : 8;
+    size_t slice = RACE_BYTES / (size_t)readers;
+    unsigned char *pattern = malloc(RACE_BYTES), *got = malloc(RACE_BYTES);
+    unsigned char **dst = calloc((size_t)readers, sizeof *dst);
+    if (!pattern || !got || !dst) {
+        CHECK(0, "out of host memory");
+        free(pattern);
+        free(got);
+        free(dst);
+        return;
+    }
+    rng r = rng_for(0xa000);
+    long successes[3] = {0}, copies = 0, both = 0;
+    for (long round = 0; round < rounds; round++) {
+        migrate_race mr;
+        memset(&mr, 0, sizeof mr);
+        mr.variant = variants[round % 5];
+        /* Two migrations at once run alone: with readers about, on few cores, one of them
+         * may be scheduled only once the other is done. */
+        mr.readers = mr.variant == 1 ? 0 : readers;
+        mr.slice = slice;
+        mr.pattern = pattern;
+        mr.dst = dst;
+        mr.start_after = mr.readers ? (long)below(&r, (size_t)readers * 2) : 0;
+        atomic_init(&mr.copies_ok, 0);
+        atomic_init(&mr.actors_done, 0);
+        atomic_init(&mr.actors_ready, 0);
+        atomic_init(&mr.stop, 0);
+        int source = (int)below(&r, (size_t)devices);
+        mr.target = other_device(source, devices);
+        for (int i = 0; i < readers; i++) {
+            void *p = NULL;
+            CHECK_STATUS(vram_set_device((int)below(&r, (size_t)devices)), VRAM_SUCCESS, "vram_set_device");
+            CHECK_STATUS(vram_malloc(&p, slice), VRAM_SUCCESS, "malloc of a reader's buffer");
+            dst[i] = p;
+        }
+        void *base = NULL;
+        CHECK_STATUS(vram_set_device(source), VRAM_SUCCESS, "vram_set_device");
+        CHECK_STATUS(vram_malloc_ex(&base, RACE_BYTES, RACE_TAG, &mr.generation), VRAM_SUCCESS,
+                     "malloc of the raced allocation");
+        CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
+        mr.base = base;
+        bool ready = base != NULL;
+        for (int i = 0; i < readers; i++) ready = ready && dst[i];
+        if (ready) {
+            fill(&r, pattern, RACE_BYTES);
+            CHECK_STATUS(vram_memcpy_h2d(base, pattern, RACE_BYTES), VRAM_SUCCESS, "h2d of the raced allocation");
+            run_threads(mr.readers + 2, migrate_race_thread, &mr);
+        }
+        int migrations = 0;
+        for (int a = 0; a < 2; a++) {
+            bool migrating = !(a == 1 && mr.variant != 1);
+            if (!migrating) continue;
+            if (mr.status[a] == VRAM_SUCCESS) {
+                migrations++;
+                device_equals(mr.moved[a], pattern, RACE_BYTES, got, "a migrated allocation");
+                CHECK_STATUS(vram_free_ex(mr.moved[a], mr.moved_generation[a]), VRAM_SUCCESS,
+                             "free of a migrated allocation");
+            } else {
+                CHECK(mr.status[a] == VRAM_ERR_UNKNOWN_POINTER && mr.moved[a] == NULL &&
+                          mr.moved_generation[a] == 0,
+                      "round %ld: a migration failed with %d (%s), left %p", round, mr.status[a],
+                      vram_status_name(mr.status[a]), mr.moved[a]);
+            }
+        }
+        if (mr.variant == 2)
+            CHECK_STATUS(mr.status[1], VRAM_SUCCESS, "a free racing a migration");
+        if (mr.variant == 1 && migrations == 2) both++;
+        CHECK(mr.variant == 2 ? migrations <= 1 : migrations == 1,
+              "round %ld (%s): %d migrations of generation %llu succeeded: %p and %p", round,
+              mr.variant == 1 ? "two at once" : mr.variant == 2 ? "racing a free" : "one",
+              migrations, (unsigned long long)mr.generation, mr.moved[0], mr.moved[1]);
+        if (migrations == 0 && mr.variant != 2 && base) /* the source stayed: free it */
+            CHECK_STATUS(vram_free_ex(base, mr.generation), VRAM_SUCCESS, "free of an unmoved allocation");
+        for (int i = 0; i < readers; i++)
+            if (dst[i]) CHECK_STATUS(vram_free(dst[i]), VRAM_SUCCESS, "free of a reader's buffer");
+        successes[mr.variant] += migrations;
+        copies += atomic_load(&mr.copies_ok);
+        vram_registry_stats s;
+        CHECK_STATUS(vram_registry_stats_get(-1, &s, sizeof s), VRAM_SUCCESS, "vram_registry_stats_get");
+        CHECK(s.tag_live_count[RACE_TAG] == 0, "round %ld: %llu allocations of tag %d left", round,
+              (unsigned long long)s.tag_live_count[RACE_TAG], RACE_TAG);
+    }
+    printf("     %ld rounds: %ld d2d copies racing; migrations that succeeded: %ld alone, %ld of two "
+           "at once (%ld rounds both), %ld racing a free\n",
+           rounds, copies, successes[0], successes[1], both, successes[2]);
+    free(pattern);
+    free(got);
+    free(dst);
+}
+
+static void test_d2d_migrate(void) {
+    int devices = device_count();
+    CHECK(devices >= 2, "%d devices: this test needs two (VRAMOBS_HOST_DEVICES, FAKECUDA_DEVICES)", devices);
+    if (devices < 2) return;
+    int path = -1;
+    CHECK_STATUS(vram_copy_path_get(0, 1, &path), VRAM_SUCCESS, "vram_copy_path_get");
+    vram_op cross = path == VRAM_PATH_PEER ? VRAM_OP_MEMCPY_P2P : VRAM_OP_MEMCPY_STAGED;
+    vram_registry_stats before = registry();
+    vram_stats ops_before = op_stats();
+    /* The last device pools its memory: migrations land in and leave its cache. */
+    int pooled = devices - 1;
+    CHECK_STATUS(vram_pool_set(pooled, (uint64_t)8 << 20), VRAM_SUCCESS, "vram_pool_set(8 MiB)");
+
+    d2d_churn dc;
+    memset(&dc, 0, sizeof dc);
+    dc.devices = devices;
+    rng r = rng_for(0x9000);
+    unsigned char *got = malloc(CELL_MAX);
+    bool ok = got != NULL;
+    for (size_t i = 0; i < CELLS; i++) {
+        cell *c = &dc.cells[i];
+        pthread_rwlock_init(&c->lock, NULL);
+        c->tag = 1 + (uint32_t)i;
+        c->shadow = malloc(CELL_MAX);
+        ok = ok && c->shadow;
+        if (ok) cell_make(&dc, c, &r, got);
+        ok = ok && c->p;
+    }
+    CHECK(ok, "out of memory");
+    double t0 = now_s();
+    if (ok) run_threads(g_threads, d2d_churn_thread, &dc);
+    for (size_t i = 0; i < CELLS; i++) {
+        cell *c = &dc.cells[i];
+        if (c->p) {
+            check_cell_home(c, devices);
+            device_equals(c->p, c->shadow, c->size, got, "a cell at the end");
+            CHECK_STATUS(vram_free_ex(c->p, c->generation), VRAM_SUCCESS, "free of a cell");
+        }
+        free(c->shadow);
+        pthread_rwlock_destroy(&c->lock);
+    }
+    free(got);
+    printf("     path between devices: %s; %ld copies, %ld migrations, %ld cells re-made (%.2f s)\n",
+           path == VRAM_PATH_PEER ? "peer" : "staged", atomic_load(&dc.copies),
+           atomic_load(&dc.migrations), atomic_load(&dc.recreations), now_s() - t0);
+    migrate_rounds(devices);
+
+    CHECK_STATUS(vram_pool_trim(-1, 0), VRAM_SUCCESS, "vram_pool_trim(-1, 0)");
+    CHECK_STATUS(vram_pool_set(pooled, 0), VRAM_SUCCESS, "vram_pool_set(0)");
+    vram_pool_stats pool = pool_stats(-1);
+    CHECK(pool.cached_bytes == 0 && pool.live_blocks == 0 && pool.enabled == 0,
+          "pool: %llu B cached, %llu blocks out, %u on", (unsigned long long)pool.cached_bytes,
+          (unsigned long long)pool.live_blocks, pool.enabled);
+    check_nothing_live(&before, "d2d_migrate");
+    vram_stats ops = op_stats();
+    uint64_t d2d = ops.ops[VRAM_OP_MEMCPY_D2D].by_status[VRAM_SUCCESS] -
+                   ops_before.ops[VRAM_OP_MEMCPY_D2D].by_status[VRAM_SUCCESS];
+    uint64_t across = ops.ops[cross].by_status[VRAM_SUCCESS] - ops_before.ops[cross].by_status[VRAM_SUCCESS];
+    uint64_t migrated = ops.ops[VRAM_OP_MIGRATE].by_status[VRAM_SUCCESS] -
+                        ops_before.ops[VRAM_OP_MIGRATE].by_status[VRAM_SUCCESS];
+    CHECK(d2d > 0 && across > 0 && migrated >= (uint64_t)atomic_load(&dc.migrations),
+          "counted %llu d2d, %llu %s copies, %llu migrations (%ld made)", (unsigned long long)d2d,
+          (unsigned long long)across, vram_op_name(cross), (unsigned long long)migrated,
+          atomic_load(&dc.migrations));
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* final_state                                                                               */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -858,23 +2315,30 @@ static void test_final_state(void) {
     CHECK_STATUS(vram_registry_list(-1, NULL, 0, &count), VRAM_SUCCESS, "vram_registry_list");
     CHECK(count == 0, "vram_registry_list counts %zu live", count);
 
-    if (strcmp(g_backend, "host") == 0) {
+    /* Nothing held by the pool or as pinned memory either. */
+    vram_pool_stats pool = pool_stats(-1);
+    CHECK(pool.cached_bytes == 0 && pool.live_blocks == 0 && pool.enabled == 0,
+          "pool: %llu B cached, %llu blocks out, %u on", (unsigned long long)pool.cached_bytes,
+          (unsigned long long)pool.live_blocks, pool.enabled);
+    CHECK_STATUS(vram_host_trim(0), VRAM_SUCCESS, "vram_host_trim(0)");
+    vram_host_stats host = host_stats();
+    CHECK(host.live_count == 0 && host.cached_bytes == 0 && host.registered_count == 0,
+          "pinned: %llu blocks live, %llu B cached, %llu ranges registered",
+          (unsigned long long)host.live_count, (unsigned long long)host.cached_bytes,
+          (unsigned long long)host.registered_count);
+    int devices = device_count();
+    for (int d = 0; on_host_backend() && d < devices; d++) {
         size_t f = 0, t = 0;
+        CHECK_STATUS(vram_set_device(d), VRAM_SUCCESS, "vram_set_device");
         CHECK_STATUS(vram_get_info(&f, &t), VRAM_SUCCESS, "vram_get_info");
-        CHECK(f == t, "host backend: free %zu of total %zu with nothing live", f, t);
+        CHECK(f == t, "host backend: device %d free %zu of total %zu with nothing live", d, f, t);
     }
+    CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
     /* Over the fake driver: it must hold no allocation either. */
-    const char *driver = getenv("VRAMOBS_CUDA_DRIVER");
-    if (strcmp(g_backend, "cuda") == 0 && driver && *driver) {
-        void *lib = dlopen(driver, RTLD_NOW | RTLD_NOLOAD);
-        long (*live)(void) = NULL;
-        if (lib) *(void **)&live = dlsym(lib, "fakecuda_live_allocations");
-        if (live) {
-            long n = live();
-            CHECK(n == 0, "the fake driver still holds %ld allocations", n);
-            printf("     fake driver: %ld live allocations\n", n);
-        }
-        if (lib) dlclose(lib);
+    long n = fake_count("fakecuda_live_allocations");
+    if (n >= 0) {
+        CHECK(n == 0, "the fake driver still holds %ld allocations", n);
+        printf("     fake driver: %ld live allocations\n", n);
     }
 }
 
@@ -887,14 +2351,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [threads >= 16 [iterations >= 1]]\n", argv[0]);
         return 2;
     }
-    const char *seed = getenv("VRAMOBS_TEST_SEED");
-    g_seed = seed && *seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    seed_from_env();
     const char *timeout = getenv("VRAMOBS_STRESS_TIMEOUT");
     if (timeout && *timeout) g_timeout_s = (unsigned)strtoul(timeout, NULL, 10);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_timeout;
-    sigaction(SIGALRM, &sa, NULL);
     const char *backend = getenv("VRAMOBS_TEST_BACKEND");
     if (backend && strcmp(backend, "cuda") == 0) {
         g_backend = "cuda";
@@ -903,6 +2362,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "VRAMOBS_TEST_BACKEND='%s': use 'host' or 'cuda'\n", backend);
         return 2;
     }
+    /* Two devices for d2d_migrate, read by the backend at its first use. */
+    set_default_env("VRAMOBS_HOST_DEVICES", "2");
+    set_default_env("FAKECUDA_DEVICES", "2");
     printf("vram_stress: backend %s, %d threads, %ld iterations, VRAMOBS_TEST_SEED=%llu, library %s\n",
            g_backend, g_threads, g_iterations, (unsigned long long)g_seed, vram_version_string());
     fflush(stdout);
@@ -915,6 +2377,14 @@ int main(int argc, char **argv) {
         run_test("snapshots_and_busy", test_snapshots_and_busy);
         run_test("select_busy", test_select_busy);
         run_test("select_toggle_race", test_select_toggle_race);
+        run_test("pool_churn", test_pool_churn);
+        run_test("pinned_churn", test_pinned_churn);
+        if (on_host_backend() && selected("staged_copies")) /* host: copies direct, no staging */
+            printf("     staged_copies: not run on the host backend, which does not stage "
+                   "(VRAMOBS_TEST_BACKEND=cuda runs it)\n");
+        else
+            run_test("staged_copies", test_staged_copies);
+        run_test("d2d_migrate", test_d2d_migrate);
         run_test("final_state", test_final_state);
     }
     printf("%d passed, %d failed\n", g_passed, g_failed);
