@@ -12,6 +12,23 @@ import vramobs
 from fake_cuda import child, fake_driver  # noqa: F401  (fixtures: the CUDA backend over a fake)
 from vramobs import stats
 
+# The operations the metrics document, in the C table's order (VRAM_OP_MAP).
+OPS = (
+    "malloc",
+    "free",
+    "memcpy_h2d",
+    "memcpy_d2h",
+    "get_info",
+    "wipe",
+    "memcpy_d2d",
+    "memcpy_p2p",
+    "memcpy_staged",
+    "migrate",
+    "host_alloc",
+    "host_free",
+    "pool_trim",
+)
+
 # Host-backend settings read by the library on first use; cleared so that this process runs
 # with the documented defaults (1 device, 8 GiB) whatever the calling shell exports.
 _HOST_ENV = ("VRAMOBS_HOST_DEVICES", "VRAMOBS_HOST_CAPACITY")

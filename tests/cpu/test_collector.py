@@ -29,6 +29,8 @@ from vramobs.collector import VramCollector
 from vramobs.errors import DriverError
 from vramobs.nvml import NvmlMemory, NvmlReader
 
+from conftest import OPS
+
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS_MD = REPO / "exporters" / "METRICS.md"
@@ -36,21 +38,6 @@ WORD = 1 << 64
 ALIGNMENT = 256
 INF = float("inf")
 
-OPS = (
-    "malloc",
-    "free",
-    "memcpy_h2d",
-    "memcpy_d2h",
-    "get_info",
-    "wipe",
-    "memcpy_d2d",
-    "memcpy_p2p",
-    "memcpy_staged",
-    "migrate",
-    "host_alloc",
-    "host_free",
-    "pool_trim",
-)
 
 
 def round_up(n, a=ALIGNMENT):
