@@ -4,16 +4,21 @@
 # Two separate builds of libvram_ops and of native/tests/stress.c (vram_stress):
 #   1. ASan+UBSan (-fsanitize=address,undefined -fno-sanitize-recover=all):
 #        vram_stress on the host backend and on the CUDA backend over tests/fakecuda (its
-#        pool_churn, pinned_churn and d2d_migrate run in both, staged_copies over the fake only);
+#        pool_churn, pinned_churn, d2d_migrate and async_streams run in both, staged_copies over
+#        the fake only), then its async_streams, pinned_churn and staged_copies again over the
+#        fake in its deferred mode (FAKECUDA_ASYNC=deferred: work on streams runs only when
+#        something waits for it, so copies are still in flight when frees and waits race them);
 #        vram_soak (native/tests/soak.c: 16 threads, a million mixed operations) on the host
 #        backend;
 #        the Rust FFI tests (tests/ffi) against the ASan library, with the ASan runtime
 #        preloaded into the (uninstrumented) Rust test binaries and LeakSanitizer on, in the
 #        three modes of tests/run.sh: host backend, CUDA without a driver, CUDA over the fake.
 #   2. TSan (-fsanitize=thread): vram_stress with 32 threads on the host backend and over the
-#        fake driver, and vram_soak (a quarter of its operations), halting at the first report.
+#        fake driver (and its deferred run, as above), and vram_soak (a quarter of its
+#        operations), halting at the first report.
 # Copies between the two devices of the stress and the soak go peer to peer in one build and
-# through host memory (staged) in the other, on each backend (VRAMOBS_HOST_PEER, FAKECUDA_PEER).
+# through host memory (staged) in the other, on each backend (VRAMOBS_HOST_PEER, FAKECUDA_PEER);
+# the deferred runs take the other path of their build.
 # Exits non-zero on any sanitizer report or test failure; the last line is the summary.
 #
 # scale (default 1) multiplies the stress iterations; 1 takes about 2-3 minutes in all on
@@ -102,9 +107,9 @@ configure_build() { # dir sanitize-list extra-cflags
 failures=0
 reports=0
 declare -A passed=()
-# vram_stress's tests of the pool, pinned memory, staging and two devices, counted by name in
-# the summary (staged_copies runs over the fake driver only).
-new_tests=(pool_churn pinned_churn staged_copies d2d_migrate)
+# vram_stress's tests of the pool, pinned memory, staging, two devices and streams, counted by
+# name in the summary (staged_copies runs over the fake driver only).
+new_tests=(pool_churn pinned_churn staged_copies d2d_migrate async_streams)
 declare -A passed_test=()
 
 # Sanitizer reports in a log: one SUMMARY line per report (ASan, LSan, UBSan, TSan), or at
@@ -187,6 +192,12 @@ run asan-stress-host stress \
 run asan-stress-fakecuda stress \
   env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" FAKECUDA_PEER=0 \
   "$work/asan/native/vram_stress" "$threads" "$stress_iterations"
+# The tests whose copies run on streams (async_streams; the staging engines' and pinned
+# copies), with the fake's stream work deferred until something waits for it.
+deferred_tests=async_streams,pinned_churn,staged_copies
+run asan-stress-fakecuda-deferred stress \
+  env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" FAKECUDA_ASYNC=deferred \
+  VRAMOBS_STRESS_ONLY=$deferred_tests "$work/asan/native/vram_stress" "$threads" "$stress_iterations"
 run asan-soak-host soak "$work/asan/native/vram_soak" 16 $((1000000 * scale))
 
 # The Rust tests: cargo itself runs uninstrumented; only the test binaries get the ASan runtime
@@ -225,12 +236,16 @@ run tsan-stress-host tsan \
 run tsan-stress-fakecuda tsan \
   env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" \
   "$work/tsan/native/vram_stress" "$threads" "$tsan_iterations"
+run tsan-stress-fakecuda-deferred tsan \
+  env VRAMOBS_TEST_BACKEND=cuda VRAMOBS_CUDA_DRIVER="$fake" FAKECUDA_ASYNC=deferred FAKECUDA_PEER=0 \
+  VRAMOBS_STRESS_ONLY=$deferred_tests "$work/tsan/native/vram_stress" "$threads" "$tsan_iterations"
 run tsan-soak-host tsan-soak env VRAMOBS_HOST_PEER=0 "$work/tsan/native/vram_soak" 16 $((250000 * scale))
 unset TSAN_OPTIONS
 
 elapsed=$(( $(date +%s) - start ))
 say "done in ${elapsed}s; logs in $work/logs"
-# "(pool_churn 2, pinned_churn 2, staged_copies 1, d2d_migrate 2)": runs of each that passed.
+# "(pool_churn 2, pinned_churn 3, staged_copies 2, d2d_migrate 2, async_streams 3)": runs of
+# each that passed.
 new_passed() {
   local t list=
   for t in "${new_tests[@]}"; do list+="${list:+, }$t ${passed_test[$1:$t]:-0}"; done

@@ -6,9 +6,9 @@
  * caller who may be the freeing thread itself. The copy is counted then, once, with the
  * device's time between the two marks around it on the stream.
  *
- * Completions in flight are listed under one mutex, never held across a driver call: whoever
- * waits for a fence marks its completion SETTLING, and the others wait on `settled` for the
- * outcome. A completion is freed when its caller has released it and no drain still looks at
+ * Completions in flight are listed under one mutex, never held across a driver call: threads
+ * wait on a fence together; the first to see it over marks the completion SETTLING while it
+ * releases the holds, and the others wait on `settled` for that. A completion is freed when its caller has released it and no drain still looks at
  * it (refs). Lock order: this mutex, then the registry's or the pinned table's (holds are
  * taken while the completion is listed, so a drain always finds what holds an allocation). */
 #include <pthread.h>
@@ -31,7 +31,8 @@ struct vram_completion {
     int status; /* once DONE */
     int driver_error;
     state st;
-    unsigned refs; /* the caller's, and one per drain looking at it */
+    unsigned refs;    /* the caller's, and one per drain looking at it */
+    unsigned waiters; /* threads waiting on its fence: the last one out recycles it */
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -64,7 +65,7 @@ static void put(vram_completion *c) {
     if (last) free(c);
 }
 
-/* Release what a finished copy held and count it. */
+/* Release what a finished copy held and count it (the fence goes separately). */
 static void retire(vram_completion *c, int error, uint64_t elapsed_ns) {
     int status = VRAM_SUCCESS;
     if (error == VRAM_FENCE_LOST) { /* the copy may still run: its device cannot be trusted */
@@ -75,8 +76,6 @@ static void retire(vram_completion *c, int error, uint64_t elapsed_ns) {
         status = vram_driver_failure(&(vram_call){.op = c->op, .device = c->device}, c->backend,
                                      c->device, error, VRAM_ERR_COPY_FAILED);
     }
-    c->backend->fence_release(c->fence);
-    c->fence = NULL;
     for (int i = 0; i < 2; i++)
         if (c->entries[i]) vram_registry_unpin_async(c->entries[i]);
     if (c->host) vram_pinned_unhold(c->host);
@@ -85,41 +84,45 @@ static void retire(vram_completion *c, int error, uint64_t elapsed_ns) {
     c->status = status;
 }
 
-/* See whether c is complete (block: wait until it is); true once it is DONE. *settled_here
- * says whether this call saw it complete first. */
+/* Whether c is complete (block: wait until it is); true once it is DONE. Any number of threads
+ * may wait on its fence at once (the driver allows it); the first to see the copy over
+ * retires it, the others wait for that, and the last one out recycles the fence.
+ * *settled_here says whether this call retired it. */
 static bool settle(vram_completion *c, bool block, bool *settled_here) {
     *settled_here = false;
     pthread_mutex_lock(&g_lock);
-    while (c->st == SETTLING) {
-        if (!block) break;
-        pthread_cond_wait(&g_settled, &g_lock);
-    }
-    if (c->st != PENDING) {
-        bool done = c->st == DONE;
+    if (c->st == DONE) {
         pthread_mutex_unlock(&g_lock);
-        return done;
+        return true;
     }
-    c->st = SETTLING;
+    c->waiters++;
     pthread_mutex_unlock(&g_lock);
     uint64_t elapsed_ns = 0;
     int error = c->backend->fence_wait(c->fence, block, &elapsed_ns);
-    if (error == VRAM_FENCE_PENDING) {
-        pthread_mutex_lock(&g_lock);
-        c->st = PENDING;
-        pthread_cond_broadcast(&g_settled);
-        pthread_mutex_unlock(&g_lock);
-        return false;
-    }
-    retire(c, error, elapsed_ns);
     pthread_mutex_lock(&g_lock);
-    c->st = DONE;
-    unlink_pending(c);
-    g_stats.pending--;
-    if (c->status == VRAM_SUCCESS) g_stats.completed_total++; else g_stats.failed_total++;
-    pthread_cond_broadcast(&g_settled);
+    if (error != VRAM_FENCE_PENDING && c->st == PENDING) {
+        c->st = SETTLING; /* this thread retires it */
+        pthread_mutex_unlock(&g_lock);
+        retire(c, error, elapsed_ns);
+        pthread_mutex_lock(&g_lock);
+        c->st = DONE;
+        unlink_pending(c);
+        g_stats.pending--;
+        if (c->status == VRAM_SUCCESS) g_stats.completed_total++; else g_stats.failed_total++;
+        pthread_cond_broadcast(&g_settled);
+        *settled_here = true;
+    }
+    /* Over for another thread, which is retiring it: a moment (no driver call). */
+    while (error != VRAM_FENCE_PENDING && c->st == SETTLING) pthread_cond_wait(&g_settled, &g_lock);
+    bool done = c->st == DONE;
+    void *fence = NULL;
+    if (--c->waiters == 0 && done) { /* no one waits on the fence any more */
+        fence = c->fence;
+        c->fence = NULL;
+    }
     pthread_mutex_unlock(&g_lock);
-    *settled_here = true;
-    return true;
+    if (fence) c->backend->fence_release(fence);
+    return done;
 }
 
 /* Wait for every listed completion that holds: the first one found, until none is left. */

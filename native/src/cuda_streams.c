@@ -14,8 +14,11 @@ typedef struct fence {
     struct fence *next; /* in its device's cache */
 } fence;
 
+#define FENCES_KEPT 64 /* per device: more copies in flight than this make fresh events */
+
 static pthread_mutex_t g_fence_lock = PTHREAD_MUTEX_INITIALIZER;
 static fence *g_fences[VRAM_MAX_DEVICES];
+static unsigned g_fences_kept[VRAM_MAX_DEVICES];
 
 /* The handles that name a default stream of the current context: NULL, CU_STREAM_LEGACY and
  * CU_STREAM_PER_THREAD. */
@@ -42,7 +45,10 @@ int vram_cuda_stream_sync(int device, uintptr_t stream) {
 static CUresult take_fence(int device, fence **out) {
     pthread_mutex_lock(&g_fence_lock);
     fence *f = g_fences[device];
-    if (f) g_fences[device] = f->next;
+    if (f) {
+        g_fences[device] = f->next;
+        g_fences_kept[device]--;
+    }
     pthread_mutex_unlock(&g_fence_lock);
     if (!f) {
         f = calloc(1, sizeof *f);
@@ -64,9 +70,21 @@ void vram_cuda_fence_release(void *p) {
     fence *f = p;
     if (!f) return;
     pthread_mutex_lock(&g_fence_lock);
-    f->next = g_fences[f->device];
-    g_fences[f->device] = f;
+    bool keep = g_fences_kept[f->device] < FENCES_KEPT;
+    if (keep) {
+        f->next = g_fences[f->device];
+        g_fences[f->device] = f;
+        g_fences_kept[f->device]++;
+    }
     pthread_mutex_unlock(&g_fence_lock);
+    if (keep) return;
+    bool pushed;
+    if (vram_cuda_enter(f->device, &pushed) == CUDA_SUCCESS) { /* else leaked with the context */
+        vram_cu.event_destroy(f->start);
+        vram_cu.event_destroy(f->end);
+    }
+    vram_cuda_leave(pushed);
+    free(f);
 }
 
 static CUresult enqueue_copy(vram_async_kind kind, int device, uintptr_t dst, uintptr_t src,

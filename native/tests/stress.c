@@ -10,6 +10,8 @@
  * On the host backend device memory is host memory, so a copy that touched a freed allocation
  * is a heap-use-after-free for ASan; on the fake driver it is too (the fake's memory is host
  * memory from posix_memalign, and its memcpy goes through the sanitizer's interceptor).
+ * FAKECUDA_ASYNC=deferred makes the fake run work on streams only when something waits for it,
+ * so an async copy is still in flight when a free or a wait races it (async_streams).
  * Two devices (VRAMOBS_HOST_DEVICES=2, FAKECUDA_DEVICES=2, set here unless the caller set
  * them); copies between them go peer to peer or through host memory as VRAMOBS_HOST_PEER /
  * FAKECUDA_PEER say (d2d_migrate prints the path).
@@ -70,8 +72,31 @@
  *                        Then rounds where readers copy out of one allocation while it is
  *                        migrated, by one thread, by two at once (exactly one may succeed) or
  *                        while another thread frees it
+ *   async_streams        threads make streams in the devices' primary contexts through the
+ *                        driver (a blocking and a non-blocking one per device; the default
+ *                        handles 0, 1, 2 too; on the host backend any value), then in rounds
+ *                        allocate a buffer (vram_malloc_ex or vram_malloc_async on the stream,
+ *                        the second device pooled) and enqueue on one stream h2d_async from
+ *                        host memory (a vram_host_alloc block, a registered or a pageable
+ *                        buffer), d2d_async from an allocation on either device and d2h_async of
+ *                        the whole buffer; a third of the rounds hand the d2d's source (read by
+ *                        a d2h_async too) to another thread, which frees it with the copies in
+ *                        flight (the owner waits for that before or after its copies). A round
+ *                        ends by waiting, polling (a caller's cuStreamSynchronize when nothing
+ *                        forced the copy: done after it), releasing, freeing the buffer first
+ *                        (at once or in stream order) or the host memory first: a free drains,
+ *                        so every copy it touched is complete when it returns, and every byte
+ *                        a complete copy delivered is checked (pageable and staged copies at
+ *                        the call). Refusals of every kind (invalid_stream: a stream of the
+ *                        other device). Then the books: nothing pending, every enqueued copy
+ *                        completed, copies done at the call counted immediate (all of them on
+ *                        the host backend), each copy counted once under its operation, copies
+ *                        drained by frees (FAKECUDA_ASYNC=deferred), nothing live, pinned or
+ *                        registered, no work queued in the fake driver, no stream left, and at
+ *                        most 2 x devices x 4 x threads events kept (the library's fence cache)
  *   final_state          live_count == 0, no tag holds bytes, the books balance, no entry
- *                        was evicted or lost; on the fake driver no fake allocation remains
+ *                        was evicted or lost, no async copy pending; on the fake driver no fake
+ *                        allocation remains and no work is queued
  *
  * Seed: VRAMOBS_TEST_SEED=<n> replays a run's random sizes and data (not its thread
  * interleaving); the seed used is printed first. VRAMOBS_STRESS_ONLY=<test>[,<test>...] runs
@@ -2294,6 +2319,692 @@ static void test_d2d_migrate(void) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* async_streams: copies on caller streams racing waits, polls and frees                    */
+/* ---------------------------------------------------------------------------------------- */
+
+#define AS_MAX ((size_t)192 << 10) /* largest device buffer of a round: some are staged */
+#define AS_EXTRA 4096              /* the source allocation's bytes beyond what a round reads */
+#define AS_TAG 50
+#define AS_COPIES 4 /* completions a round holds at once */
+
+enum { AS_PINNED, AS_REGISTERED, AS_PAGEABLE, AS_KINDS };
+enum { AS_WAIT, AS_POLL, AS_RELEASE, AS_FREE_DEVICE, AS_FREE_HOST, AS_ENDINGS };
+static const char *const as_ending_names[AS_ENDINGS] = {"wait", "poll", "release", "free device",
+                                                        "free host"};
+
+/* The driver functions a caller uses to make its streams (the library's, loaded: NOLOAD). */
+typedef struct cu_api {
+    void *lib;
+    int (*device_get)(int *device, int ordinal);
+    int (*primary_retain)(void **ctx, int device);
+    int (*push)(void *ctx);
+    int (*pop)(void **ctx);
+    int (*stream_create)(void **stream, unsigned flags);
+    int (*stream_destroy)(void *stream);
+    int (*stream_sync)(void *stream);
+    int (*ctx_sync)(void);
+    void *ctx[2]; /* the devices' primary contexts */
+} cu_api;
+
+_Static_assert(sizeof(void *) == sizeof(int (*)(void)), "dlsym hands back function pointers");
+
+#define CU_STREAM_NON_BLOCKING 1u
+
+static bool cu_load(cu_api *cu, int devices) {
+    const char *driver = getenv("VRAMOBS_CUDA_DRIVER");
+    cu->lib = dlopen(driver && *driver ? driver : "libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!cu->lib) return false;
+    bool ok = true;
+#define CU_LOAD(field, name)                             \
+    do {                                                 \
+        void *sym_ = dlsym(cu->lib, name);               \
+        memcpy(&cu->field, &sym_, sizeof sym_);          \
+        CHECK(sym_ != NULL, "the driver lacks %s", name); \
+        ok = ok && sym_;                                 \
+    } while (0)
+    CU_LOAD(device_get, "cuDeviceGet");
+    CU_LOAD(primary_retain, "cuDevicePrimaryCtxRetain");
+    CU_LOAD(push, "cuCtxPushCurrent_v2");
+    CU_LOAD(pop, "cuCtxPopCurrent_v2");
+    CU_LOAD(stream_create, "cuStreamCreate");
+    CU_LOAD(stream_destroy, "cuStreamDestroy_v2");
+    CU_LOAD(stream_sync, "cuStreamSynchronize");
+    CU_LOAD(ctx_sync, "cuCtxSynchronize");
+#undef CU_LOAD
+    for (int d = 0; ok && d < devices; d++) {
+        int device = -1;
+        int r = cu->device_get(&device, d);
+        if (r == 0) r = cu->primary_retain(&cu->ctx[d], device);
+        CHECK(r == 0 && cu->ctx[d], "primary context of device %d: CUresult %d", d, r);
+        ok = ok && r == 0 && cu->ctx[d];
+    }
+    return ok;
+}
+
+static void cu_enter(const cu_api *cu, int device) {
+    int r = cu->push(cu->ctx[device]);
+    CHECK(r == 0, "cuCtxPushCurrent of device %d: CUresult %d", device, r);
+}
+
+static void cu_leave(const cu_api *cu, int device) {
+    void *popped = NULL;
+    int r = cu->pop(&popped);
+    CHECK(r == 0 && popped == cu->ctx[device], "cuCtxPopCurrent: CUresult %d, context %p of %p", r,
+          popped, cu->ctx[device]);
+}
+
+/* What a caller does to be sure a stream's work is over: cuStreamSynchronize in the device's
+ * primary context (where the default handles name its default stream). */
+static void cu_stream_sync(const cu_api *cu, int device, uintptr_t stream) {
+    cu_enter(cu, device);
+    int r = cu->stream_sync((void *)stream);
+    CHECK(r == 0, "cuStreamSynchronize(%#llx) on device %d: CUresult %d", (unsigned long long)stream,
+          device, r);
+    cu_leave(cu, device);
+}
+
+/* A device buffer handed to another thread, which frees it while copies from it may be in
+ * flight and then sets acked. */
+typedef struct as_msg {
+    struct as_msg *next;
+    unsigned char *p;
+    uint64_t generation;
+    int device, how;
+    atomic_int acked;
+} as_msg;
+
+typedef struct as_box {
+    pthread_mutex_t lock;
+    as_msg *head;
+} as_box;
+
+typedef struct async_streams {
+    int devices;
+    bool cuda, deferred;
+    int path[2][2]; /* vram_copy_path_get(src, dst) */
+    cu_api cu;
+    as_box *boxes; /* one per thread */
+    atomic_int workers_left;
+    /* What the threads did, to hold the library's books against. */
+    atomic_long ok, immediate, h2d, d2h, d2d, p2p, staged, sync_h2d, sync_d2h;
+    atomic_long endings[AS_ENDINGS], shared, acked_first, forced_polls, refusals, ordered,
+        freed_async;
+} async_streams;
+
+typedef struct as_host { /* the host side of copies */
+    unsigned char *p;    /* where copies go */
+    unsigned char *base; /* malloc'd (registered, pageable) */
+    size_t n;
+    int kind;
+} as_host;
+
+typedef struct as_worker {
+    rng r;
+    int index;
+    long round;
+    uintptr_t streams[2][2]; /* per device: a blocking and a non-blocking stream */
+    unsigned char *want, *eshadow, *got;
+} as_worker;
+
+/* A stream of the device: its blocking or non-blocking one, or a default handle (0, 1, 2). On
+ * the host backend, any value. */
+static uintptr_t as_stream(const async_streams *ax, as_worker *w, int device) {
+    size_t roll = below(&w->r, 8);
+    if (roll == 0) return below(&w->r, 3);
+    if (!ax->cuda && roll == 1) return (uintptr_t)next(&w->r);
+    return w->streams[device][roll < 4 ? 0 : 1];
+}
+
+static void as_streams_make(async_streams *ax, as_worker *w) {
+    for (int d = 0; d < ax->devices; d++)
+        for (int k = 0; k < 2; k++) {
+            if (!ax->cuda) {
+                w->streams[d][k] = (uintptr_t)next(&w->r) | 8; /* no stream at all */
+                continue;
+            }
+            void *s = NULL;
+            cu_enter(&ax->cu, d);
+            int r = ax->cu.stream_create(&s, k ? CU_STREAM_NON_BLOCKING : 0);
+            cu_leave(&ax->cu, d);
+            CHECK(r == 0 && s, "cuStreamCreate on device %d: CUresult %d", d, r);
+            w->streams[d][k] = (uintptr_t)s;
+        }
+}
+
+/* Wait for the streams' work (the stream-ordered frees queued last) and destroy them. */
+static void as_streams_destroy(async_streams *ax, as_worker *w) {
+    for (int d = 0; ax->cuda && d < ax->devices; d++)
+        for (int k = 0; k < 2; k++) {
+            if (!w->streams[d][k]) continue;
+            cu_stream_sync(&ax->cu, d, w->streams[d][k]);
+            int r = ax->cu.stream_destroy((void *)w->streams[d][k]);
+            CHECK(r == 0, "cuStreamDestroy: CUresult %d", r);
+            w->streams[d][k] = 0;
+        }
+}
+
+static bool as_host_get(as_worker *w, as_host *h, int kind, size_t n) {
+    *h = (as_host){NULL, NULL, n, kind};
+    if (kind == AS_PINNED) {
+        void *p = NULL;
+        int rc = vram_host_alloc(&p, n);
+        CHECK_STATUS(rc, VRAM_SUCCESS, "vram_host_alloc");
+        h->p = p;
+        return p != NULL;
+    }
+    h->base = malloc(n + 64);
+    if (!h->base) {
+        CHECK(0, "out of host memory");
+        return false;
+    }
+    h->p = h->base + below(&w->r, 64); /* odd addresses */
+    if (kind == AS_REGISTERED) {
+        int rc = vram_host_register(h->p, n);
+        CHECK_STATUS(rc, VRAM_SUCCESS, "vram_host_register");
+        if (rc != VRAM_SUCCESS) {
+            free(h->base);
+            h->p = h->base = NULL;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Give the host memory back to the library (pinned, registered); its bytes stay readable for
+ * a registered or pageable buffer until as_host_free. */
+static void as_host_release(as_host *h) {
+    if (!h->p) return;
+    if (h->kind == AS_PINNED) {
+        CHECK_STATUS(vram_host_free(h->p), VRAM_SUCCESS, "vram_host_free");
+        h->p = NULL;
+    } else if (h->kind == AS_REGISTERED) {
+        CHECK_STATUS(vram_host_unregister(h->p), VRAM_SUCCESS, "vram_host_unregister");
+        h->kind = AS_PAGEABLE;
+    }
+}
+
+static void as_host_free(as_host *h) {
+    as_host_release(h);
+    free(h->base);
+    h->p = h->base = NULL;
+}
+
+/* Count a successful async copy; refusals and failures are the caller's checks. */
+static void as_count(async_streams *ax, vram_op op, bool immediate) {
+    atomic_fetch_add(&ax->ok, 1);
+    if (immediate) atomic_fetch_add(&ax->immediate, 1);
+    atomic_long *by_op = op == VRAM_OP_MEMCPY_H2D   ? &ax->h2d
+                         : op == VRAM_OP_MEMCPY_D2H ? &ax->d2h
+                         : op == VRAM_OP_MEMCPY_D2D ? &ax->d2d
+                         : op == VRAM_OP_MEMCPY_P2P ? &ax->p2p
+                                                    : &ax->staged;
+    atomic_fetch_add(by_op, 1);
+}
+
+/* An async call that must succeed; its completion already complete when immediate. */
+static void as_started(async_streams *ax, int rc, vram_completion *c, vram_op op, bool immediate,
+                       const char *what) {
+    CHECK_STATUS(rc, VRAM_SUCCESS, what);
+    CHECK((rc == VRAM_SUCCESS) == (c != NULL), "%s: %d with completion %p", what, rc, (void *)c);
+    if (rc != VRAM_SUCCESS) return;
+    as_count(ax, op, immediate);
+    if (immediate) {
+        int done = -1;
+        CHECK_STATUS(vram_completion_query(c, &done), VRAM_SUCCESS, "vram_completion_query");
+        CHECK(done == 1, "%s: done at the call, but its completion says %d", what, done);
+    }
+}
+
+/* A completion whose copy must be over (its memory was freed, its stream synchronized). */
+static void as_expect_done(vram_completion *c, const char *why) {
+    if (!c) return;
+    int done = -1;
+    CHECK_STATUS(vram_completion_query(c, &done), VRAM_SUCCESS, "vram_completion_query");
+    CHECK(done == 1, "a copy is not complete after %s", why);
+}
+
+static void as_release_all(vram_completion **c) {
+    for (int i = 0; i < AS_COPIES; i++)
+        if (c[i]) {
+            CHECK_STATUS(vram_completion_release(c[i]), VRAM_SUCCESS, "vram_completion_release");
+            c[i] = NULL;
+        }
+}
+
+static void as_bytes(const as_worker *w, const unsigned char *got, const unsigned char *want,
+                     size_t n, const char *what) {
+    if (memcmp(got, want, n) == 0) return;
+    size_t i = 0;
+    while (got[i] == want[i]) i++;
+    CHECK(0, "thread %d round %ld: %s: %zu B differ from byte %zu on (%02x, want %02x)", w->index,
+          w->round, what, n, i, got[i], want[i]);
+}
+
+/* Free what other threads handed over, copies in flight or not, and say so. */
+static void as_serve(async_streams *ax, as_worker *w) {
+    as_box *b = &ax->boxes[w->index];
+    pthread_mutex_lock(&b->lock);
+    as_msg *m = b->head;
+    b->head = NULL;
+    pthread_mutex_unlock(&b->lock);
+    while (m) {
+        as_msg *after = m->next; /* read first: once acked, m is its owner's again */
+        int rc;
+        if (m->how == 0)
+            rc = vram_free(m->p);
+        else if (m->how == 1)
+            rc = vram_free_ex(m->p, m->generation);
+        else
+            rc = vram_free_async(m->p, m->generation, as_stream(ax, w, m->device));
+        CHECK_STATUS(rc, VRAM_SUCCESS, "a free of another thread's allocation with copies in flight");
+        atomic_store(&m->acked, 1);
+        m = after;
+    }
+}
+
+static void as_post(async_streams *ax, int to, as_msg *m) {
+    as_box *b = &ax->boxes[to];
+    pthread_mutex_lock(&b->lock);
+    m->next = b->head;
+    b->head = m;
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void as_await(async_streams *ax, as_worker *w, as_msg *m) {
+    for (long spins = 0; !atomic_load(&m->acked); spins++) {
+        as_serve(ax, w);
+        if (spins < 64) sched_yield(); else sleep_us(50);
+    }
+}
+
+/* Refused at the call, nothing started: each refusal with its reason. */
+static void as_refusals(async_streams *ax, as_worker *w, unsigned char *D, size_t n, int d,
+                        uintptr_t s) {
+    vram_completion *x = (vram_completion *)w; /* must be overwritten */
+    EXPECT(vram_memcpy_h2d_async(D, w->got, 1, s, NULL), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_NULL_POINTER, "h2d_async without a completion");
+    EXPECT(vram_memcpy_h2d_async(D + n - 1, w->got, 2, s, &x), VRAM_ERR_OUT_OF_BOUNDS,
+           VRAM_REASON_OUT_OF_BOUNDS, "h2d_async one byte past the end");
+    CHECK(x == NULL, "a refused async copy left completion %p", (void *)x);
+    EXPECT(vram_memcpy_d2h_async(NULL, D, 1, s, &x), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_NULL_POINTER, "d2h_async to NULL");
+    EXPECT(vram_memcpy_d2h_async(w->got, D, 0, s, &x), VRAM_ERR_INVALID_PARAMETERS,
+           VRAM_REASON_ZERO_SIZE, "d2h_async of 0 bytes");
+    EXPECT(vram_memcpy_d2h_async(w->got, g_not_device, 16, s, &x), VRAM_ERR_UNKNOWN_POINTER,
+           VRAM_REASON_UNKNOWN_POINTER, "d2h_async from an unknown pointer");
+    if (n > 2) /* [D + 1, D + n) and [D, D + n - 1) share a byte */
+        EXPECT(vram_memcpy_d2d_async(D + 1, D, n - 1, s, &x), VRAM_ERR_INVALID_PARAMETERS,
+               VRAM_REASON_OVERLAP, "d2d_async of overlapping ranges");
+    CHECK(x == NULL, "a refused async copy left completion %p", (void *)x);
+    int done = 7;
+    CHECK_STATUS(vram_completion_query(NULL, &done), VRAM_ERR_INVALID_PARAMETERS, "query(NULL)");
+    CHECK_STATUS(vram_completion_wait(NULL), VRAM_ERR_INVALID_PARAMETERS, "wait(NULL)");
+    CHECK_STATUS(vram_completion_release(NULL), VRAM_SUCCESS, "release(NULL)");
+    if (ax->cuda && ax->devices > 1) { /* a stream of the other device's context */
+        uintptr_t foreign = w->streams[other_device(d, ax->devices)][below(&w->r, 2)];
+        EXPECT(vram_memcpy_h2d_async(D, w->got, 1, foreign, &x), VRAM_ERR_INVALID_PARAMETERS,
+               VRAM_REASON_INVALID_STREAM, "h2d_async on another device's stream");
+        CHECK(x == NULL, "a refused async copy left completion %p", (void *)x);
+        void *q = w;
+        CHECK_STATUS(vram_set_device(d), VRAM_SUCCESS, "vram_set_device");
+        EXPECT(vram_malloc_async(&q, 64, AS_TAG, NULL, foreign), VRAM_ERR_INVALID_PARAMETERS,
+               VRAM_REASON_INVALID_STREAM, "vram_malloc_async on another device's stream");
+        CHECK(q == NULL, "a refused vram_malloc_async left %p", q);
+    }
+    atomic_fetch_add(&ax->refusals, 1);
+}
+
+/* Free the round's device buffer: at once, by generation or in stream order. */
+static void as_free_device(async_streams *ax, as_worker *w, unsigned char *p, uint64_t generation,
+                           int device) {
+    size_t how = below(&w->r, 3);
+    int rc = how == 0   ? vram_free(p)
+             : how == 1 ? vram_free_ex(p, generation)
+                        : vram_free_async(p, generation, as_stream(ax, w, device));
+    CHECK_STATUS(rc, VRAM_SUCCESS, how == 2 ? "vram_free_async" : "free of a buffer of async copies");
+    if (how == 2) atomic_fetch_add(&ax->freed_async, 1);
+}
+
+/* One round: a device buffer D on device d gets part A from host memory H1 and part B from
+ * an allocation E (device e, perhaps the other), then is read back whole into H2, all on one
+ * stream s; when E is shared, it is also read into H3 on a stream of its device and handed to
+ * another thread to free. Then the round ends one way (waits, polls, releases, or frees D or
+ * the host memory first), and every byte a finished copy delivered is checked. */
+static void as_round(async_streams *ax, as_worker *w) {
+    rng *r = &w->r;
+    as_serve(ax, w);
+    int d = (int)below(r, (size_t)ax->devices), e = (int)below(r, (size_t)ax->devices);
+    uintptr_t s = as_stream(ax, w, d), se = as_stream(ax, w, e);
+    size_t n = 2 + below(r, below(r, 4) == 0 ? AS_MAX - 1 : 16383);
+    size_t a = 1 + below(r, n - 1), b = n - a; /* parts A and B */
+    size_t m = b + 1 + below(r, AS_EXTRA), off = below(r, m - b + 1);
+    size_t off3 = below(r, m), len3 = 1 + below(r, m - off3);
+    bool shared = below(r, 3) == 0, ordered = below(r, 4) == 0;
+    int ending = (int)below(r, AS_ENDINGS);
+    int k1 = (int)below(r, AS_KINDS), k2 = (int)below(r, AS_KINDS), k3 = (int)below(r, AS_KINDS);
+    bool host = !ax->cuda;
+
+    unsigned char *D = NULL, *E = NULL;
+    uint64_t gD = 0, gE = 0;
+    void *p = NULL;
+    CHECK_STATUS(vram_set_device(d), VRAM_SUCCESS, "vram_set_device");
+    int rc = ordered ? vram_malloc_async(&p, n, AS_TAG, &gD, s) : vram_malloc_ex(&p, n, AS_TAG, &gD);
+    CHECK_STATUS(rc, VRAM_SUCCESS, ordered ? "vram_malloc_async" : "vram_malloc_ex");
+    D = p;
+    if (ordered) atomic_fetch_add(&ax->ordered, 1);
+    CHECK_STATUS(vram_set_device(e), VRAM_SUCCESS, "vram_set_device");
+    p = NULL;
+    CHECK_STATUS(vram_malloc_ex(&p, m, AS_TAG, &gE), VRAM_SUCCESS, "vram_malloc_ex");
+    E = p;
+    CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
+    as_host h1 = {0}, h2 = {0}, h3 = {0};
+    bool ok = D && E && as_host_get(w, &h1, k1, a) && as_host_get(w, &h2, k2, n) &&
+              (!shared || as_host_get(w, &h3, k3, len3));
+    if (!ok) {
+        if (D) CHECK_STATUS(vram_free(D), VRAM_SUCCESS, "vram_free");
+        if (E) CHECK_STATUS(vram_free(E), VRAM_SUCCESS, "vram_free");
+        as_host_free(&h1);
+        as_host_free(&h2);
+        as_host_free(&h3);
+        return;
+    }
+    if (below(r, 6) == 0)
+        CHECK_STATUS(vram_set_allocation_wipe(D, gD, VRAM_WIPE_ON_FREE), VRAM_SUCCESS,
+                     "vram_set_allocation_wipe");
+    fill(r, w->eshadow, m);
+    CHECK_STATUS(vram_memcpy_h2d(E, w->eshadow, m), VRAM_SUCCESS, "h2d of the source allocation");
+    atomic_fetch_add(&ax->sync_h2d, 1);
+    fill(r, h1.p, a);
+    memcpy(w->want, h1.p, a);
+    memcpy(w->want + a, w->eshadow + off, b);
+    memset(h2.p, 0, n);
+    if (shared) memset(h3.p, 0, len3);
+
+    vram_completion *c[AS_COPIES] = {NULL};
+    rc = vram_memcpy_h2d_async(D, h1.p, a, s, &c[0]);
+    as_started(ax, rc, c[0], VRAM_OP_MEMCPY_H2D, host || k1 == AS_PAGEABLE, "h2d_async");
+    if (k1 == AS_PAGEABLE) fill(r, h1.p, a); /* taken at the call: the buffer is free again */
+    int path = ax->path[e][d];
+    vram_op cross = path == VRAM_PATH_DEVICE ? VRAM_OP_MEMCPY_D2D
+                    : path == VRAM_PATH_PEER ? VRAM_OP_MEMCPY_P2P
+                                             : VRAM_OP_MEMCPY_STAGED;
+    rc = vram_memcpy_d2d_async(D + a, E + off, b, s, &c[1]);
+    as_started(ax, rc, c[1], cross, host || path == VRAM_PATH_STAGED, "d2d_async");
+    rc = vram_memcpy_d2h_async(h2.p, D, n, s, &c[2]);
+    as_started(ax, rc, c[2], VRAM_OP_MEMCPY_D2H, host || k2 == AS_PAGEABLE, "d2h_async");
+    bool h2_checked = false, h3_checked = false;
+    if (k2 == AS_PAGEABLE || host) { /* done at the call, after the stream's earlier work */
+        as_bytes(w, h2.p, w->want, n, "a d2h_async done at the call");
+        h2_checked = true;
+    }
+    as_msg msg;
+    memset(&msg, 0, sizeof msg);
+    if (shared) {
+        rc = vram_memcpy_d2h_async(h3.p, E + off3, len3, se, &c[3]);
+        as_started(ax, rc, c[3], VRAM_OP_MEMCPY_D2H, host || k3 == AS_PAGEABLE, "d2h_async of E");
+        if (k3 == AS_PAGEABLE || host) {
+            as_bytes(w, h3.p, w->eshadow + off3, len3, "a d2h_async done at the call");
+            h3_checked = true;
+        }
+        msg.p = E;
+        msg.generation = gE;
+        msg.device = e;
+        msg.how = (int)below(r, 3);
+        atomic_init(&msg.acked, 0);
+        int to = (w->index + 1 + (int)below(r, (size_t)g_threads - 1)) % g_threads;
+        as_post(ax, to, &msg);
+        atomic_fetch_add(&ax->shared, 1);
+        if (below(r, 2) == 0) { /* freed by then: its copies are over, H3 holds its bytes */
+            as_await(ax, w, &msg);
+            atomic_fetch_add(&ax->acked_first, 1);
+            as_expect_done(c[1], "another thread freed its source");
+            as_expect_done(c[3], "another thread freed its source");
+            as_bytes(w, h3.p, w->eshadow + off3, len3, "a d2h from an allocation another thread freed");
+            h3_checked = true;
+        }
+    }
+    if (below(r, 4) == 0) as_refusals(ax, w, D, n, d, s);
+
+    atomic_fetch_add(&ax->endings[ending], 1);
+    switch (ending) {
+    case AS_WAIT:
+        for (int i = AS_COPIES - 1; i >= 0; i--) /* last first: the earlier ones are over too */
+            if (c[i]) CHECK_STATUS(vram_completion_wait(c[i]), VRAM_SUCCESS, "vram_completion_wait");
+        break;
+    case AS_POLL:
+        for (int i = 0; i < AS_COPIES; i++) {
+            int done = 0;
+            for (int k = 0; c[i] && !done && k < 32; k++) {
+                CHECK_STATUS(vram_completion_query(c[i], &done), VRAM_SUCCESS, "vram_completion_query");
+                CHECK(done || !host, "the host backend's copy is not done at once");
+                if (!done) sched_yield();
+            }
+            if (c[i] && !done) { /* nothing forced it: the caller waits for its stream */
+                cu_stream_sync(&ax->cu, i == 3 ? e : d, i == 3 ? se : s);
+                int after = -1;
+                CHECK_STATUS(vram_completion_query(c[i], &after), VRAM_SUCCESS, "vram_completion_query");
+                CHECK(after == 1, "thread %d round %ld: copy %d (%s) not complete after a "
+                      "cuStreamSynchronize of its stream (%#llx)%s", w->index, w->round, i,
+                      i == 0 ? "h2d" : i == 2 ? "d2h" : i == 1 ? "d2d from E" : "d2h from E",
+                      (unsigned long long)(i == 3 ? se : s),
+                      shared && (i == 1 || i == 3) ? ", E handed to another thread to free" : "");
+                atomic_fetch_add(&ax->forced_polls, 1);
+            }
+        }
+        break;
+    case AS_RELEASE:
+        break;
+    case AS_FREE_DEVICE: /* the free drains the copies from and to D (and E) */
+        as_free_device(ax, w, D, gD, d);
+        D = NULL;
+        if (!shared && below(r, 2) == 0) {
+            as_free_device(ax, w, E, gE, e);
+            E = NULL;
+        }
+        for (int i = 0; i < 3; i++) as_expect_done(c[i], "a free of its device memory");
+        as_bytes(w, h2.p, w->want, n, "a d2h drained by a free of its source");
+        h2_checked = true;
+        break;
+    case AS_FREE_HOST: { /* releasing the host memory drains the copies that use it */
+        bool both = below(r, 2) == 0, first = both || below(r, 2) == 0;
+        if (first) {
+            as_host_release(&h1);
+            as_expect_done(c[0], "its host memory was released");
+        }
+        if (both || !first) {
+            as_host_release(&h2);
+            as_expect_done(c[2], "its host memory was released");
+            if (h2.p) { /* registered or pageable: ours to read */
+                as_bytes(w, h2.p, w->want, n, "a d2h drained by releasing its host memory");
+                h2_checked = true;
+            }
+        }
+        break;
+    }
+    }
+    as_release_all(c);
+    if (h2.p && !h2_checked) as_bytes(w, h2.p, w->want, n, "a d2h_async");
+    if (shared && !h3_checked && h3.p) as_bytes(w, h3.p, w->eshadow + off3, len3, "a d2h_async of E");
+    if (shared) as_await(ax, w, &msg);
+    if (D) {
+        if (ax->cuda && ax->devices > 1 && below(r, 4) == 0) /* refused: D stays live */
+            EXPECT(vram_free_async(D, gD, w->streams[other_device(d, ax->devices)][0]),
+                   VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_INVALID_STREAM,
+                   "vram_free_async on another device's stream");
+        memset(w->got, 0, n);
+        CHECK_STATUS(vram_memcpy_d2h(w->got, D, n), VRAM_SUCCESS, "d2h of the round's buffer");
+        atomic_fetch_add(&ax->sync_d2h, 1);
+        as_bytes(w, w->got, w->want, n, "the device buffer after its copies");
+        as_free_device(ax, w, D, gD, d);
+    }
+    if (E && !shared) as_free_device(ax, w, E, gE, e);
+    as_host_free(&h1);
+    as_host_free(&h2);
+    as_host_free(&h3);
+}
+
+static void *async_thread(void *arg) {
+    worker *me = arg;
+    async_streams *ax = me->arg;
+    as_worker w;
+    memset(&w, 0, sizeof w);
+    w.index = me->index;
+    w.r = rng_for(0xb00 + (uint64_t)me->index);
+    w.want = malloc(AS_MAX);
+    w.eshadow = malloc(AS_MAX + AS_EXTRA);
+    w.got = malloc(AS_MAX);
+    bool ok = w.want && w.eshadow && w.got;
+    CHECK(ok, "out of host memory");
+    as_streams_make(ax, &w);
+    long rounds = g_iterations / 8 < 10 ? 10 : g_iterations / 8;
+    for (w.round = 0; ok && w.round < rounds; w.round++) as_round(ax, &w);
+    /* Others may still hand over buffers to free until every thread is done. */
+    atomic_fetch_sub(&ax->workers_left, 1);
+    while (atomic_load(&ax->workers_left) > 0) {
+        as_serve(ax, &w);
+        sleep_us(100);
+    }
+    as_serve(ax, &w);
+    as_streams_destroy(ax, &w);
+    free(w.want);
+    free(w.eshadow);
+    free(w.got);
+    return NULL;
+}
+
+static vram_async_stats async_stats(void) {
+    vram_async_stats s;
+    memset(&s, 0, sizeof s);
+    CHECK_STATUS(vram_async_stats_get(&s, sizeof s), VRAM_SUCCESS, "vram_async_stats_get");
+    return s;
+}
+
+static uint64_t ops_ok(const vram_stats *after, const vram_stats *before, vram_op op) {
+    return after->ops[op].by_status[VRAM_SUCCESS] - before->ops[op].by_status[VRAM_SUCCESS];
+}
+
+static void test_async_streams(void) {
+    async_streams ax;
+    memset(&ax, 0, sizeof ax);
+    int devices = device_count();
+    ax.devices = devices < 2 ? devices : 2;
+    ax.cuda = !on_host_backend();
+    const char *mode = getenv("FAKECUDA_ASYNC");
+    ax.deferred = ax.cuda && mode && strcmp(mode, "deferred") == 0;
+    CHECK(ax.devices >= 1, "no device");
+    if (ax.devices < 1) return;
+    for (int from = 0; from < ax.devices; from++)
+        for (int to = 0; to < ax.devices; to++)
+            CHECK_STATUS(vram_copy_path_get(from, to, &ax.path[from][to]), VRAM_SUCCESS,
+                         "vram_copy_path_get");
+    if (ax.cuda && !cu_load(&ax.cu, ax.devices)) {
+        CHECK(0, "the CUDA driver's stream functions are not reachable (VRAMOBS_CUDA_DRIVER)");
+        return;
+    }
+    /* Staging on from 64 KiB (large pageable copies go through it); the baseline of the
+     * driver's streams and events is taken with it off (its engines hold some). */
+    vram_staging_config saved, off = {sizeof off, 0, 65536, 65536, 2, 0},
+                               on = {sizeof on, 2, 65536, 65536, 2, 0};
+    CHECK_STATUS(vram_staging_get(&saved), VRAM_SUCCESS, "vram_staging_get");
+    CHECK_STATUS(vram_staging_set(&off), VRAM_SUCCESS, "vram_staging_set(off)");
+    long streams = fake_count("fakecuda_live_streams"), events = fake_count("fakecuda_live_events");
+    CHECK_STATUS(vram_staging_set(&on), VRAM_SUCCESS, "vram_staging_set(on)");
+    /* The last device pools: a buffer freed without draining would be handed out again. */
+    int pooled = ax.devices - 1;
+    CHECK_STATUS(vram_pool_set(pooled, (uint64_t)8 << 20), VRAM_SUCCESS, "vram_pool_set(8 MiB)");
+    vram_registry_stats before = registry();
+    vram_stats ops_before = op_stats();
+    vram_async_stats a0 = async_stats();
+    ax.boxes = calloc((size_t)g_threads, sizeof *ax.boxes);
+    CHECK(ax.boxes != NULL, "out of host memory");
+    if (!ax.boxes) return;
+    for (int i = 0; i < g_threads; i++) pthread_mutex_init(&ax.boxes[i].lock, NULL);
+    atomic_init(&ax.workers_left, g_threads);
+
+    double t0 = now_s();
+    run_threads(g_threads, async_thread, &ax);
+    double dt = now_s() - t0;
+    for (int d = 0; ax.cuda && d < ax.devices; d++) { /* the default streams' last work */
+        cu_enter(&ax.cu, d);
+        int r = ax.cu.ctx_sync();
+        CHECK(r == 0, "cuCtxSynchronize on device %d: CUresult %d", d, r);
+        cu_leave(&ax.cu, d);
+    }
+
+    /* The library's books against what the threads did. */
+    vram_async_stats a1 = async_stats();
+    uint64_t ok = (uint64_t)atomic_load(&ax.ok), immediate = (uint64_t)atomic_load(&ax.immediate);
+    uint64_t enqueued = a1.enqueued_total - a0.enqueued_total,
+             completed = a1.completed_total - a0.completed_total,
+             failed = a1.failed_total - a0.failed_total,
+             drained = a1.drained_total - a0.drained_total;
+    CHECK(a1.struct_size == sizeof a1 && a1.pending == 0,
+          "async stats: struct_size %u, %llu completions pending at the end", a1.struct_size,
+          (unsigned long long)a1.pending);
+    CHECK(a1.immediate_total - a0.immediate_total == immediate && enqueued == ok - immediate,
+          "async stats: %llu immediate and %llu enqueued; the threads made %llu copies, %llu of "
+          "them done at the call", (unsigned long long)(a1.immediate_total - a0.immediate_total),
+          (unsigned long long)enqueued, (unsigned long long)ok, (unsigned long long)immediate);
+    CHECK(completed == enqueued && failed == 0 && a1.enqueued_total == a1.completed_total + a1.failed_total,
+          "async stats: %llu enqueued, %llu completed, %llu failed", (unsigned long long)enqueued,
+          (unsigned long long)completed, (unsigned long long)failed);
+    CHECK(ax.cuda || enqueued == 0, "the host backend enqueued %llu copies", (unsigned long long)enqueued);
+    CHECK(!ax.deferred || drained > 0, "deferred driver: no copy was drained by a free");
+    vram_stats ops = op_stats();
+    uint64_t want[5] = {(uint64_t)(atomic_load(&ax.h2d) + atomic_load(&ax.sync_h2d)),
+                        (uint64_t)(atomic_load(&ax.d2h) + atomic_load(&ax.sync_d2h)),
+                        (uint64_t)atomic_load(&ax.d2d), (uint64_t)atomic_load(&ax.p2p),
+                        (uint64_t)atomic_load(&ax.staged)};
+    static const vram_op counted[5] = {VRAM_OP_MEMCPY_H2D, VRAM_OP_MEMCPY_D2H, VRAM_OP_MEMCPY_D2D,
+                                       VRAM_OP_MEMCPY_P2P, VRAM_OP_MEMCPY_STAGED};
+    for (int i = 0; i < 5; i++)
+        CHECK(ops_ok(&ops, &ops_before, counted[i]) == want[i],
+              "%s: %llu successful calls counted, the threads made %llu", vram_op_name(counted[i]),
+              (unsigned long long)ops_ok(&ops, &ops_before, counted[i]), (unsigned long long)want[i]);
+
+    CHECK_STATUS(vram_pool_trim(-1, 0), VRAM_SUCCESS, "vram_pool_trim(-1, 0)");
+    CHECK_STATUS(vram_pool_set(pooled, 0), VRAM_SUCCESS, "vram_pool_set(0)");
+    CHECK_STATUS(vram_host_trim(0), VRAM_SUCCESS, "vram_host_trim(0)");
+    CHECK_STATUS(vram_staging_set(&off), VRAM_SUCCESS, "vram_staging_set(off)");
+    vram_host_stats hs = host_stats();
+    CHECK(hs.live_count == 0 && hs.cached_bytes == 0 && hs.registered_count == 0 && hs.staging_bytes == 0,
+          "pinned: %llu blocks live, %llu B cached, %llu ranges registered, %llu staging bytes",
+          (unsigned long long)hs.live_count, (unsigned long long)hs.cached_bytes,
+          (unsigned long long)hs.registered_count, (unsigned long long)hs.staging_bytes);
+    check_nothing_live(&before, "async_streams");
+    long queued = fake_count("fakecuda_queued");
+    CHECK(queued <= 0, "the fake driver still has %ld operations queued", queued);
+    long streams_after = fake_count("fakecuda_live_streams"), events_after = fake_count("fakecuda_live_events");
+    /* The library keeps its fences (two events each) per device for reuse: at most as many as
+     * were in flight at once, AS_COPIES a thread. */
+    long event_bound = 2L * ax.devices * AS_COPIES * g_threads;
+    CHECK(streams_after == streams, "%ld streams live after the test destroyed its own, %ld before",
+          streams_after, streams);
+    CHECK(events_after - events >= 0 && events_after - events <= event_bound && (events_after - events) % 2 == 0,
+          "%ld events live after the test, %ld before: want at most %ld more (the fence cache)",
+          events_after, events, event_bound);
+    CHECK_STATUS(vram_staging_set(&saved), VRAM_SUCCESS, "vram_staging_set (restore)");
+    for (int i = 0; i < g_threads; i++) pthread_mutex_destroy(&ax.boxes[i].lock);
+    free(ax.boxes);
+
+    printf("     %s; %llu async copies (%llu done at the call, %llu enqueued, %llu drained by frees), "
+           "%ld stream-ordered buffers, %ld freed in stream order (%.2f s)\n",
+           !ax.cuda ? "host backend" : ax.deferred ? "deferred driver" : "immediate driver",
+           (unsigned long long)ok, (unsigned long long)immediate, (unsigned long long)enqueued,
+           (unsigned long long)drained, atomic_load(&ax.ordered), atomic_load(&ax.freed_async), dt);
+    printf("     endings:");
+    for (int i = 0; i < AS_ENDINGS; i++) printf(" %s %ld,", as_ending_names[i], atomic_load(&ax.endings[i]));
+    printf(" polls forced by a stream sync %ld; %ld shared sources freed by another thread (%ld "
+           "before their owner waited); %ld rounds of refusals\n",
+           atomic_load(&ax.forced_polls), atomic_load(&ax.shared), atomic_load(&ax.acked_first),
+           atomic_load(&ax.refusals));
+    if (events >= 0)
+        printf("     driver: %ld streams, %ld events (fence cache: +%ld of at most %ld)\n",
+               streams_after, events_after, events_after - events, event_bound);
+    if (ax.cu.lib) dlclose(ax.cu.lib);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* final_state                                                                               */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -2334,11 +3045,17 @@ static void test_final_state(void) {
         CHECK(f == t, "host backend: device %d free %zu of total %zu with nothing live", d, f, t);
     }
     CHECK_STATUS(vram_set_device(0), VRAM_SUCCESS, "vram_set_device(0)");
-    /* Over the fake driver: it must hold no allocation either. */
-    long n = fake_count("fakecuda_live_allocations");
+    vram_async_stats as = async_stats();
+    CHECK(as.pending == 0 && as.failed_total == 0 && as.enqueued_total == as.completed_total,
+          "async copies: %llu pending, %llu enqueued, %llu completed, %llu failed",
+          (unsigned long long)as.pending, (unsigned long long)as.enqueued_total,
+          (unsigned long long)as.completed_total, (unsigned long long)as.failed_total);
+    /* Over the fake driver: it must hold no allocation either, nor work on a stream. */
+    long n = fake_count("fakecuda_live_allocations"), queued = fake_count("fakecuda_queued");
     if (n >= 0) {
-        CHECK(n == 0, "the fake driver still holds %ld allocations", n);
-        printf("     fake driver: %ld live allocations\n", n);
+        CHECK(n == 0 && queued == 0, "the fake driver still holds %ld allocations, %ld operations "
+              "queued", n, queued);
+        printf("     fake driver: %ld live allocations, %ld operations queued\n", n, queued);
     }
 }
 
@@ -2385,6 +3102,7 @@ int main(int argc, char **argv) {
         else
             run_test("staged_copies", test_staged_copies);
         run_test("d2d_migrate", test_d2d_migrate);
+        run_test("async_streams", test_async_streams);
         run_test("final_state", test_final_state);
     }
     printf("%d passed, %d failed\n", g_passed, g_failed);
