@@ -1,5 +1,6 @@
 /* Shared pieces of the libFuzzer targets: a byte reader, the model of one owner's live
- * allocations with a shadow of their content, and the prediction of a copy's outcome.
+ * allocations (on either of the FUZZ_DEVICES emulated devices) with a shadow of their content,
+ * and the prediction of a copy's outcome.
  *
  * The model is written from the header's contract and the order of checks in vram_ops.c /
  * registry.c, independently of the library's code (no addrmap, no registry internals). A
@@ -17,9 +18,13 @@
 
 #include "vram_ops.h"
 
-/* Emulated capacity of the host backend: big requests fail with 1 deterministically. */
+/* Emulated devices and their capacity (each) on the host backend: big requests fail with 1
+ * deterministically. */
+#define FUZZ_DEVICES 2
+#define FUZZ_DEVICES_TEXT "2"
 #define FUZZ_CAPACITY ((size_t)64 << 20)
 #define FUZZ_CAPACITY_TEXT "67108864"
+#define KERNEL_HALF ((uintptr_t)1 << 63) /* never a user-space address on x86-64/arm64 */
 /* Content of an allocation is shadowed over its first FUZZ_SHADOW_MAX bytes. */
 #define FUZZ_SHADOW_MAX ((size_t)64 << 10)
 /* Successful copies are at most this long (a longer one is shortened, keeping its end). */
@@ -29,11 +34,12 @@
 #define FUZZ_REFUSED_HOST_MAX ((size_t)4096)
 
 /* For the checking loops (byte by byte over shadows, counters): no coverage feedback, which
- * would only slow them down and steer nothing. */
+ * would only slow them down and steer nothing. Never inlined: inlined into an instrumented
+ * caller, the loop would be instrumented after all. */
 #if defined(__clang__) && __clang_major__ >= 13
-#define FUZZ_NO_COVERAGE __attribute__((no_sanitize("coverage")))
+#define FUZZ_NO_COVERAGE __attribute__((no_sanitize("coverage"), noinline))
 #else
-#define FUZZ_NO_COVERAGE
+#define FUZZ_NO_COVERAGE __attribute__((noinline))
 #endif
 
 /* Only the first thread to fail reports and aborts; any other parks, so that libFuzzer's
@@ -120,6 +126,9 @@ typedef struct m_alloc {
     size_t size;
     uint64_t gen;
     uint32_t tag;
+    int device;
+    bool wipe;          /* VRAM_WIPE_ON_FREE */
+    size_t block;       /* the device pool's block holding it (its class size), 0 if none */
     size_t shadow_len;  /* min(size, FUZZ_SHADOW_MAX) */
     uint8_t *shadow;    /* expected content of [base, base + shadow_len) */
     uint8_t *known;     /* 1 where shadow[i] is known (written or read back) */
@@ -143,6 +152,7 @@ typedef struct model {
     uint64_t live_rounded;
     uint64_t tag_count[VRAM_MAX_TAGS];
     uint64_t tag_bytes[VRAM_MAX_TAGS];
+    uint64_t dev_count[FUZZ_DEVICES], dev_bytes[FUZZ_DEVICES], dev_rounded[FUZZ_DEVICES];
 } model;
 
 static inline void model_init(model *m) { memset(m, 0, sizeof *m); }
@@ -168,7 +178,7 @@ static inline int model_find_gen(const model *m, uint64_t g) {
 
 /* Record a fresh allocation; checks it is sane and overlaps nothing live in this model. */
 static inline m_alloc *model_add(model *m, uintptr_t base, size_t size, uint64_t gen,
-                                 uint32_t tag) {
+                                 uint32_t tag, int device) {
     FUZZ_CHECK(base != 0 && base % VRAM_ALIGNMENT == 0,
                "allocation of %zu bytes at %#lx: not %u-aligned", size, (unsigned long)base,
                VRAM_ALIGNMENT);
@@ -185,6 +195,9 @@ static inline m_alloc *model_add(model *m, uintptr_t base, size_t size, uint64_t
     a->size = size;
     a->gen = gen;
     a->tag = tag;
+    a->device = device;
+    a->wipe = false;
+    a->block = 0;
     a->shadow_len = size < FUZZ_SHADOW_MAX ? size : FUZZ_SHADOW_MAX;
     a->shadow = malloc(a->shadow_len);
     a->known = calloc(a->shadow_len, 1);
@@ -193,6 +206,9 @@ static inline m_alloc *model_add(model *m, uintptr_t base, size_t size, uint64_t
     m->live_rounded += need;
     m->tag_count[tag]++;
     m->tag_bytes[tag] += size;
+    m->dev_count[device]++;
+    m->dev_bytes[device] += size;
+    m->dev_rounded[device] += need;
     return a;
 }
 
@@ -202,6 +218,9 @@ static inline void model_remove(model *m, int i) {
     m->live_rounded -= fuzz_rounded(a->size);
     m->tag_count[a->tag]--;
     m->tag_bytes[a->tag] -= a->size;
+    m->dev_count[a->device]--;
+    m->dev_bytes[a->device] -= a->size;
+    m->dev_rounded[a->device] -= fuzz_rounded(a->size);
     m_freed *f = &m->freed[m->freed_next];
     m->freed_next = (m->freed_next + 1) % M_MAX_FREED;
     if (m->n_freed < M_MAX_FREED) m->n_freed++;
@@ -240,6 +259,19 @@ FUZZ_NO_COVERAGE static inline void shadow_write(m_alloc *a, size_t off, const u
     for (size_t i = off; i < end; i++) {
         a->shadow[i] = host[i - off];
         a->known[i] = 1;
+    }
+}
+
+/* A device-to-device copy of n bytes from src + soff to dst + doff (distinct ranges): the
+ * destination's window takes what is known of the source's, the rest becomes unknown. */
+FUZZ_NO_COVERAGE static inline void shadow_copy(m_alloc *dst, size_t doff, const m_alloc *src,
+                                                size_t soff, size_t n) {
+    size_t end = doff + n < dst->shadow_len ? doff + n : dst->shadow_len;
+    for (size_t i = doff; i < end; i++) {
+        size_t j = soff + (i - doff);
+        bool known = j < src->shadow_len && src->known[j];
+        dst->shadow[i] = known ? src->shadow[j] : 0;
+        dst->known[i] = known;
     }
 }
 
@@ -454,17 +486,29 @@ FUZZ_NO_COVERAGE static inline size_t copy_finish(model *m, copy_call *c) {
     return compared;
 }
 
-/* Select the emulated host backend with the fuzzers' capacity, before any other library
- * call (the host backend reads its settings once), and check that it took. */
-static void fuzz_select_host_backend(void) {
+/* Select the emulated host backend with the fuzzers' devices and capacity, before any other
+ * library call (the host backend reads its settings once), and check that it took. Copies
+ * between the devices go peer to peer ("1") or through host memory ("0") as
+ * VRAMOBS_HOST_PEER says: the target's default peer unless the environment sets it. Returns
+ * whether they go peer to peer. */
+static bool fuzz_select_host_backend(const char *peer) {
     setenv("VRAMOBS_BACKEND", "host", 1);
-    setenv("VRAMOBS_HOST_DEVICES", "1", 1);
+    setenv("VRAMOBS_HOST_DEVICES", FUZZ_DEVICES_TEXT, 1);
     setenv("VRAMOBS_HOST_CAPACITY", FUZZ_CAPACITY_TEXT, 1);
+    setenv("VRAMOBS_HOST_PEER", peer, 0);
+    bool p2p = strtoul(getenv("VRAMOBS_HOST_PEER"), NULL, 10) == 1;
     FUZZ_CHECK(vram_select_backend("host") == VRAM_SUCCESS, "cannot select the host backend");
     FUZZ_CHECK(strcmp(vram_backend_name(), "host") == 0, "backend %s", vram_backend_name());
     size_t f = 0, t = 0;
     FUZZ_CHECK(vram_get_info(&f, &t) == VRAM_SUCCESS && t == FUZZ_CAPACITY,
                "host backend capacity %zu, expected %zu", t, FUZZ_CAPACITY);
+    int count = 0, path = -1;
+    FUZZ_CHECK(vram_device_count(&count) == VRAM_SUCCESS && count == FUZZ_DEVICES,
+               "host backend devices %d, expected %d", count, FUZZ_DEVICES);
+    FUZZ_CHECK(vram_copy_path_get(0, 1, &path) == VRAM_SUCCESS &&
+                   path == (p2p ? VRAM_PATH_PEER : VRAM_PATH_STAGED),
+               "copy path 0 -> 1 is %d with VRAMOBS_HOST_PEER=%s", path, getenv("VRAMOBS_HOST_PEER"));
+    return p2p;
 }
 
 #endif /* VRAMOBS_FUZZ_COMMON_H */

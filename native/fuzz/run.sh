@@ -4,7 +4,9 @@
 # Builds native/fuzz/*.c with clang, libFuzzer, ASan and UBSan (-DVRAMOBS_BUILD_FUZZ=ON; the
 # library's sources are compiled into each target), then runs every target for [seconds]
 # (default 60) of -max_total_time on a temporary copy of its seed corpus
-# (native/fuzz/corpus/<target>), with LeakSanitizer on, on the host backend. The last lines
+# (native/fuzz/corpus/<target>), with LeakSanitizer on, on the host backend with two emulated
+# devices (fuzz_api_sequence copies between them peer to peer, fuzz_registry_threads through
+# host memory, unless VRAMOBS_HOST_PEER says otherwise for both). The last lines
 # say, per target, how many executions ran clean ("Done N runs" from libFuzzer). Exits
 # non-zero when a target crashes, leaks, times out or fails a model check; the input that did
 # it is kept as build/fuzz/run/artifacts/<target>/crash-* (or leak-*, timeout-*), its log as

@@ -184,7 +184,9 @@ typedef enum vram_wipe_policy {
 
 VRAM_API int vram_set_wipe_policy(int policy);  /* -> 2 for an unknown policy */
 VRAM_API int vram_get_wipe_policy(int *policy);
-/* Change the policy of one live allocation (ptr and its generation, as vram_free_ex). */
+/* Change the policy of one live allocation (ptr and its generation, as vram_free_ex): a pair
+ * that is not a live allocation (freed, never issued, live elsewhere) -> 5; an unknown
+ * policy or NULL ptr -> 2. */
 VRAM_API int vram_set_allocation_wipe(void *ptr, uint64_t generation, int policy);
 
 /* Devices. The device chosen applies to this thread's later vram_malloc and vram_get_info;
