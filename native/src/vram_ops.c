@@ -171,6 +171,18 @@ int vram_malloc_async(void **ptr, size_t bytes, uint32_t tag, uint64_t *generati
     return malloc_on(ptr, bytes, tag, generation, &stream);
 }
 
+/* Release an allocation now: zeroed first when wipe_first (memory that still holds its bytes
+ * is never freed), to the driver or into the pool's cache. */
+static int release_now(call *c, const vram_backend *b, uintptr_t address, size_t bytes,
+                       bool wipe_first) {
+    if (wipe_first) {
+        int status = wipe(b, c->device, address, bytes, &c->driver_error);
+        if (status != VRAM_SUCCESS) return status;
+    }
+    int error = vram_pool_release(b, c->device, address, bytes);
+    return error ? driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER) : VRAM_SUCCESS;
+}
+
 /* Release an allocation in stream order: stream-ordered memory to the driver on the stream
  * (zeroed there first when wipe); any other (the pool's blocks, cuMemAlloc's) after the
  * stream's earlier work, as vram_free releases it. */
@@ -189,12 +201,7 @@ static int release_on(call *c, const vram_backend *b, vram_entry *e, uintptr_t a
     }
     int error = b->stream_sync(c->device, stream);
     if (error) return driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER);
-    if (wipe_first) {
-        status = wipe(b, c->device, address, bytes, &c->driver_error);
-        if (status != VRAM_SUCCESS) return status;
-    }
-    error = vram_pool_release(b, c->device, address, bytes);
-    return error ? driver_failure(c, b, c->device, error, VRAM_ERR_DRIVER) : VRAM_SUCCESS;
+    return release_now(c, b, address, bytes, wipe_first);
 }
 
 /* Free (ptr, generation); *released, when not NULL, says whether this call released it (an
@@ -233,27 +240,9 @@ static int free_generation(void *ptr, uint64_t generation, const uintptr_t *stre
         vram_registry_free_finish(e, 2);
         return finish(&c, VRAM_ERR_DEVICE_FAILED);
     }
-    if (stream) {
-        int status = release_on(&c, b, e, address, bytes, wipe_first, *stream);
-        if (status != VRAM_SUCCESS) { /* still live: nothing was released */
-            vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
-            return finish(&c, status);
-        }
-        vram_registry_free_finish(e, 0);
-        if (released) *released = true;
-        c.bytes = bytes;
-        return finish(&c, VRAM_SUCCESS);
-    }
-    if (wipe_first) {
-        int status = wipe(b, c.device, address, bytes, &c.driver_error);
-        if (status != VRAM_SUCCESS) { /* never free memory that still holds its bytes */
-            vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
-            return finish(&c, status);
-        }
-    }
-    int error = vram_pool_release(b, c.device, address, bytes); /* or into the pool's cache */
-    if (error != 0) {
-        int status = driver_failure(&c, b, c.device, error, VRAM_ERR_DRIVER);
+    int status = stream ? release_on(&c, b, e, address, bytes, wipe_first, *stream)
+                        : release_now(&c, b, address, bytes, wipe_first);
+    if (status != VRAM_SUCCESS) { /* still live, unless its device failed */
         vram_registry_free_finish(e, status == VRAM_ERR_DEVICE_FAILED ? 2 : 1);
         return finish(&c, status);
     }
