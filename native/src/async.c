@@ -8,8 +8,8 @@
  *
  * Completions in flight are listed under one mutex, never held across a driver call: threads
  * wait on a fence together; the first to see it over marks the completion SETTLING while it
- * releases the holds, and the others wait on `settled` for that. A completion is freed when its caller has released it and no drain still looks at
- * it (refs). Lock order: this mutex, then the registry's or the pinned table's (holds are
+ * releases the holds, and the others wait on `settled` for that. A completion is freed when
+ * its caller has released it and no drain still looks at it (refs). Lock order: this mutex, then the registry's or the pinned table's (holds are
  * taken while the completion is listed, so a drain always finds what holds an allocation). */
 #include <pthread.h>
 #include <stdlib.h>
