@@ -169,7 +169,8 @@ def copy_device_async(
     source = src._span(src_offset, count)
     target = dst._span(offset, count)
     args = (target, source, count, handle)
-    completion = _start("memcpy_d2d_async", _native.lib().vram_memcpy_d2d_async, args, count, dst._device)
+    call = _native.lib().vram_memcpy_d2d_async
+    completion = _start("memcpy_d2d_async", call, args, count, dst._device)
     return Completion(completion, None, (dst, src), count)
 
 
@@ -193,7 +194,10 @@ def alloc_async(
         def run() -> int:
             return malloc_async(ptr, nbytes, tag_id, generation, handle)
 
-        status = tracing.traced("malloc", run, nbytes=nbytes, device=where) if tracing.active() else run()
+        if tracing.active():
+            status = tracing.traced("malloc", run, nbytes=nbytes, device=where)
+        else:
+            status = run()
         if status:
             check(status, f"allocating {nbytes} bytes on a stream")
     buf = DeviceBuffer._adopt(ptr.value, nbytes, generation.value, where, tags.tag_name(tag_id))

@@ -9,8 +9,9 @@
  * Completions in flight are listed under one mutex, never held across a driver call: threads
  * wait on a fence together; the first to see it over marks the completion SETTLING while it
  * releases the holds, and the others wait on `settled` for that. A completion is freed when
- * its caller has released it and no drain still looks at it (refs). Lock order: this mutex, then the registry's or the pinned table's (holds are
- * taken while the completion is listed, so a drain always finds what holds an allocation). */
+ * its caller has released it and no drain still looks at it (refs). Lock order: this mutex,
+ * then the registry's or the pinned table's (holds are taken while the completion is listed,
+ * so a drain always finds what holds an allocation). */
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -226,7 +227,8 @@ static int refused_range(vram_call *c, uintptr_t a, uintptr_t b, size_t bytes, b
         return vram_call_refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
     if (overlap && a < b + bytes && b < a + bytes)
         return vram_call_refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP);
-    if (!vram_runtime_usable(vram_runtime_backend())) return vram_call_finish(c, VRAM_ERR_NO_DEVICE);
+    if (!vram_runtime_usable(vram_runtime_backend()))
+        return vram_call_finish(c, VRAM_ERR_NO_DEVICE);
     return VRAM_SUCCESS;
 }
 
@@ -247,8 +249,9 @@ static int host_copy(vram_op op, uintptr_t device_address, void *host, size_t by
     bool sensitive;
     vram_entry_describe(e, &b, &call.device, &base, &size, &sensitive);
     call.bytes = bytes;
-    status = vram_runtime_device_failed(call.device) ? VRAM_ERR_DEVICE_FAILED
-                                                      : vram_stream_check(&call, b, call.device, stream);
+    status = vram_runtime_device_failed(call.device)
+                 ? VRAM_ERR_DEVICE_FAILED
+                 : vram_stream_check(&call, b, call.device, stream);
     vram_completion *c = status == VRAM_SUCCESS ? calloc(1, sizeof *c) : NULL;
     if (status == VRAM_SUCCESS && !c) status = VRAM_ERR_COPY_FAILED;
     if (status != VRAM_SUCCESS) {

@@ -140,7 +140,8 @@ int vram_cuda_fence_wait(void *p, bool block, uint64_t *elapsed_ns) {
     *elapsed_ns = 0;
     bool pushed;
     CUresult r = vram_cuda_enter(f->device, &pushed);
-    if (r == CUDA_SUCCESS) r = block ? vram_cu.event_synchronize(f->end) : vram_cu.event_query(f->end);
+    if (r == CUDA_SUCCESS)
+        r = block ? vram_cu.event_synchronize(f->end) : vram_cu.event_query(f->end);
     float ms = 0;
     if (r == CUDA_SUCCESS && vram_cu.event_elapsed_time(&ms, f->start, f->end) == CUDA_SUCCESS &&
         ms > 0)
