@@ -217,28 +217,13 @@ static int start(vram_call *call, vram_completion *c, vram_async_kind kind, uint
     return vram_call_finish(call, status);
 }
 
-/* The checks every copy makes on its ranges before the registry is asked, in the order of
- * the synchronous copies (overlap: between two device ranges). */
-static int refused_range(vram_call *c, uintptr_t a, uintptr_t b, size_t bytes, bool overlap) {
-    uintptr_t end;
-    if (!a || !b) return vram_call_refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
-    if (bytes == 0) return vram_call_refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
-    if (vram_add_overflows(a, bytes, &end) || vram_add_overflows(b, bytes, &end))
-        return vram_call_refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
-    if (overlap && a < b + bytes && b < a + bytes)
-        return vram_call_refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP);
-    if (!vram_runtime_usable(vram_runtime_backend()))
-        return vram_call_finish(c, VRAM_ERR_NO_DEVICE);
-    return VRAM_SUCCESS;
-}
-
 /* A copy between an allocation and host memory, on stream. */
 static int host_copy(vram_op op, uintptr_t device_address, void *host, size_t bytes,
                      uintptr_t stream, vram_completion **out) {
     vram_call call = vram_call_begin(op);
     if (!out) return vram_call_refuse(&call, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
     *out = NULL;
-    int status = refused_range(&call, device_address, (uintptr_t)host, bytes, false);
+    int status = vram_copy_refused(&call, device_address, (uintptr_t)host, bytes, false);
     if (status != VRAM_SUCCESS) return status;
     vram_entry *e = NULL;
     status = vram_pin_range(&call, device_address, bytes, &e, &call.device);
@@ -297,7 +282,7 @@ int vram_memcpy_d2d_async(void *dst, const void *src, size_t bytes, uintptr_t st
     if (!completion)
         return vram_call_refuse(&call, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
     *completion = NULL;
-    int status = refused_range(&call, d, s, bytes, true);
+    int status = vram_copy_refused(&call, d, s, bytes, true);
     if (status != VRAM_SUCCESS) return status;
     vram_entry *src_entry = NULL, *dst_entry = NULL;
     status = vram_pin_range(&call, s, bytes, &src_entry, &call.device);

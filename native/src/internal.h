@@ -190,6 +190,9 @@ int vram_call_refuse(vram_call *c, int status, vram_reason reason);
 /* Translate a driver failure into a status; a sticky one latches the device. */
 int vram_driver_failure(vram_call *c, const vram_backend *b, int device, int error,
                         int otherwise);
+/* The checks every copy makes on its two ranges before the registry is asked (NULL, zero
+ * size, wrap, overlap when asked, no device): VRAM_SUCCESS, or c finished with its refusal. */
+int vram_copy_refused(vram_call *c, uintptr_t a, uintptr_t b, size_t bytes, bool overlap);
 /* Pin the live allocation holding a device range, or set c's reason and say why not. */
 int vram_pin_range(vram_call *c, uintptr_t address, size_t bytes, vram_entry **entry,
                    int *device);

@@ -122,6 +122,17 @@ static range *take_cached(uint64_t keep) {
     return taken;
 }
 
+/* Put a cleared block, out of the table, into its class's cache list. */
+static void cache(range *r) {
+    unsigned index;
+    class_size(r->size, &index);
+    pthread_mutex_lock(&g_lock);
+    r->next = g_cache[index];
+    g_cache[index] = r;
+    g_stats.cached_bytes += r->size;
+    pthread_mutex_unlock(&g_lock);
+}
+
 /* Give blocks back to the driver; one it refuses goes back to the cache. Answers the first
  * driver error, 0 if none. */
 static int release_blocks(range *list) {
@@ -135,13 +146,7 @@ static int release_blocks(range *list) {
             continue;
         }
         if (!first) first = error;
-        unsigned index;
-        class_size(r->size, &index);
-        pthread_mutex_lock(&g_lock);
-        r->next = g_cache[index];
-        g_cache[index] = r;
-        g_stats.cached_bytes += r->size;
-        pthread_mutex_unlock(&g_lock);
+        cache(r);
     }
     return first;
 }
@@ -260,13 +265,7 @@ int vram_host_free(void *ptr) {
     /* Out of the table, not yet cached: no one else can reach it while it is cleared. */
     explicit_bzero(ptr, r->bytes);
     c.bytes = r->bytes; /* once cached, r belongs to the cache (a trim may free it) */
-    unsigned index;
-    class_size(r->size, &index);
-    pthread_mutex_lock(&g_lock);
-    r->next = g_cache[index];
-    g_cache[index] = r;
-    g_stats.cached_bytes += r->size;
-    pthread_mutex_unlock(&g_lock);
+    cache(r);
     return vram_call_finish(&c, VRAM_SUCCESS);
 }
 

@@ -287,20 +287,26 @@ int vram_pin_range(vram_call *c, uintptr_t address, size_t bytes, vram_entry **e
     return VRAM_ERR_UNKNOWN_POINTER;
 }
 
+int vram_copy_refused(vram_call *c, uintptr_t a, uintptr_t b, size_t bytes, bool overlap) {
+    uintptr_t end;
+    if (!a || !b) return refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
+    if (bytes == 0) return refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
+    if (vram_add_overflows(a, bytes, &end) || vram_add_overflows(b, bytes, &end))
+        return refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
+    /* The driver's device copies are undefined for overlapping ranges. */
+    if (overlap && a < b + bytes && b < a + bytes)
+        return refuse(c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP);
+    if (!vram_runtime_usable(vram_runtime_backend())) return finish(c, VRAM_ERR_NO_DEVICE);
+    return VRAM_SUCCESS;
+}
+
 /* Both copies: device_address is the device side, host the host side. */
 static int copy(vram_op op, uintptr_t device_address, void *host, size_t bytes) {
     call c = begin(op);
-    uintptr_t end;
-    if (!device_address || !host)
-        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
-    if (bytes == 0) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
-    if (vram_add_overflows(device_address, bytes, &end) ||
-        vram_add_overflows((uintptr_t)host, bytes, &end))
-        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
-    if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
-
+    int status = vram_copy_refused(&c, device_address, (uintptr_t)host, bytes, false);
+    if (status != VRAM_SUCCESS) return status;
     vram_entry *e = NULL;
-    int status = vram_pin_range(&c, device_address, bytes, &e, &c.device);
+    status = vram_pin_range(&c, device_address, bytes, &e, &c.device);
     if (status != VRAM_SUCCESS) return finish(&c, status);
     const vram_backend *b;
     uintptr_t base;
@@ -409,17 +415,11 @@ int vram_copy_between(vram_call *c, vram_entry *dst_entry, uintptr_t dst, vram_e
 
 int vram_memcpy_d2d(void *dst, const void *src, size_t bytes) {
     call c = begin(VRAM_OP_MEMCPY_D2D);
-    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src, end;
-    if (!dst || !src) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_NULL_POINTER);
-    if (bytes == 0) return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_ZERO_SIZE);
-    if (vram_add_overflows(d, bytes, &end) || vram_add_overflows(s, bytes, &end))
-        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_RANGE_WRAP);
-    /* The driver's device copies are undefined for overlapping ranges. */
-    if (d < s + bytes && s < d + bytes)
-        return refuse(&c, VRAM_ERR_INVALID_PARAMETERS, VRAM_REASON_OVERLAP);
-    if (!vram_runtime_usable(vram_runtime_backend())) return finish(&c, VRAM_ERR_NO_DEVICE);
+    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    int status = vram_copy_refused(&c, d, s, bytes, true);
+    if (status != VRAM_SUCCESS) return status;
     vram_entry *src_entry = NULL, *dst_entry = NULL;
-    int status = vram_pin_range(&c, s, bytes, &src_entry, &c.device);
+    status = vram_pin_range(&c, s, bytes, &src_entry, &c.device);
     if (status != VRAM_SUCCESS) return finish(&c, status);
     status = vram_pin_range(&c, d, bytes, &dst_entry, &c.device);
     if (status == VRAM_SUCCESS) {
